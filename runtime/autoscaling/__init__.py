@@ -1,0 +1,32 @@
+"""Autoscaling policies: recommend node additions/removals (see :mod:`.base`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from runtime.autoscaling.base import AutoscalingPolicy, NoAutoscaling, NodeType, ScaleDecision
+
+__all__ = ["AutoscalingPolicy", "NoAutoscaling", "NodeType", "ScaleDecision",
+           "get_autoscaler", "AUTOSCALERS"]
+
+#: Built-in autoscalers by name (modules register theirs here).
+AUTOSCALERS: dict[str, Callable[..., Any]] = {"none": NoAutoscaling}
+
+
+def get_autoscaler(spec: Any = None, **kwargs: Any) -> AutoscalingPolicy:
+    """An autoscaler from a name (``"none"``, ``"demand"``, ...), an instance, or None."""
+    if spec is None:
+        return NoAutoscaling()
+    if isinstance(spec, str):
+        factory = AUTOSCALERS.get(spec)
+        if factory is None:
+            raise ValueError(
+                f"autoscaler: unknown autoscaler name {spec!r}; choose one of "
+                f"{', '.join(sorted(AUTOSCALERS))} or pass an object with a decide() method"
+            )
+        return factory(**kwargs)
+    if not callable(getattr(spec, "decide", None)):
+        raise TypeError(f"autoscaler: expected a name or an object with a "
+                        f"decide(unmet, cluster, node_types) method, got {spec!r}")
+    return spec
