@@ -18,6 +18,8 @@ from runtime.resources import EPSILON, Resources, format_resources
 
 __all__ = [
     "NodeState",
+    "FitOrder",
+    "free_score",
     "TaskInfo",
     "NodeInfo",
     "Place",
@@ -33,6 +35,7 @@ __all__ = [
 ]
 
 NodeState = Literal["booting", "up", "draining", "down"]
+FitOrder = Literal["id", "tightest", "loosest"]
 
 #: The node label that names its accelerator model (matched by ``accelerator_type``).
 ACCELERATOR_LABEL = "accelerator_type"
@@ -112,8 +115,14 @@ class ClusterState(Protocol):
         """Every node, in id order."""
         ...
 
-    def fitting(self, task: TaskInfo) -> Iterable[NodeInfo]:
-        """Only the up nodes where ``task`` fits now (resources and accelerator), cheaply."""
+    def fitting(self, task: TaskInfo, order: FitOrder = "id") -> Iterable[NodeInfo]:
+        """Only the up nodes where ``task`` fits now (resources and accelerator), lazily.
+
+        ``order``: ``"id"`` (node id), ``"tightest"`` (least free first: best fit),
+        ``"loosest"`` (most free first: spread). The free *score* of a node is the
+        sum over its resources of free/total; ties are broken by node id. Taking the
+        first item must be cheap (an index, not a scan of every node).
+        """
         ...
 
     def speed(self, task: TaskInfo, node: NodeInfo) -> float:
@@ -137,6 +146,11 @@ class SchedulingPolicy(Protocol):
     def schedule(self, pending: Sequence[TaskInfo], cluster: ClusterState) -> Iterable[Decision]:
         """Return placements for some of ``pending`` (others stay pending)."""
         ...
+
+
+def free_score(node: NodeInfo) -> float:
+    """Sum over the node's resources of free/total (0 = full, n = empty): the fit order key."""
+    return sum(node.free.get(k, 0.0) / v for k, v in node.total.items() if v > 0)
 
 
 def node_can_host(task: TaskInfo, node: NodeInfo, *, free: bool = True) -> bool:

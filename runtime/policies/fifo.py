@@ -29,7 +29,7 @@ class FirstFit:
         out: list[Decision] = []
         for task in pending:
             placed = False
-            for node in sorted(cluster.fitting(task), key=lambda n: n.id):
+            for node in cluster.fitting(task, "id"):
                 used = taken.get(node.id)
                 if used and not task.request.fits(_left(node.free, used)):
                     continue

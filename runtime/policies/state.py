@@ -12,7 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from runtime.policies.base import ACCELERATOR_LABEL, NodeInfo, NodeState, TaskInfo
+from runtime.policies.base import (
+    ACCELERATOR_LABEL,
+    FitOrder,
+    NodeInfo,
+    NodeState,
+    TaskInfo,
+    free_score,
+)
 from runtime.resources import EPSILON, Resources
 
 __all__ = ["NodeIndex", "SpeedTable"]
@@ -68,8 +75,18 @@ class NodeIndex:
     def __contains__(self, node_id: object) -> bool:
         return node_id in self._nodes
 
-    def fitting(self, task: TaskInfo) -> Iterator[NodeInfo]:
-        """Up nodes where ``task`` fits now, in id order within each shape group."""
+    def fitting(self, task: TaskInfo, order: FitOrder = "id") -> Iterator[NodeInfo]:
+        """Up nodes where ``task`` fits now, in ``order`` (see ``ClusterState.fitting``)."""
+        if order == "id":
+            yield from sorted(self._fitting(task), key=lambda n: n.id)
+        elif order == "tightest":
+            yield from sorted(self._fitting(task), key=lambda n: (free_score(n), n.id))
+        elif order == "loosest":
+            yield from sorted(self._fitting(task), key=lambda n: (-free_score(n), n.id))
+        else:
+            raise ValueError(f"order={order!r}: expected 'id', 'tightest' or 'loosest'")
+
+    def _fitting(self, task: TaskInfo) -> Iterator[NodeInfo]:
         req = task.request
         for (total, accel), group in self._groups.items():
             if task.accelerator_type is not None and accel != task.accelerator_type:
