@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ObjectRef", "ActorHandle", "ActorMethod"]
 
+#: Called with a ref's id whenever a ref is pickled in this process (the local
+#: backend uses it to keep objects alive whose refs travel inside other values).
+_pickle_hook: Callable[[int], None] | None = None
+
 
 def _current_backend() -> Backend:
     from runtime import api
@@ -71,6 +75,9 @@ class ObjectRef:
         return f"ObjectRef({self.id}{label}, {state})"
 
     def __reduce__(self) -> tuple[Any, ...]:
+        hook = _pickle_hook
+        if hook is not None:
+            hook(self.id)
         return (_rebuild_ref, (self.id, self.name))
 
     # Future vocabulary --------------------------------------------------------

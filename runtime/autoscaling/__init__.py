@@ -6,12 +6,18 @@ from collections.abc import Callable
 from typing import Any
 
 from runtime.autoscaling.base import AutoscalingPolicy, NoAutoscaling, NodeType, ScaleDecision
+from runtime.autoscaling.demand import DemandAutoscaler
+from runtime.autoscaling.target import TargetUtilization
 
-__all__ = ["AutoscalingPolicy", "NoAutoscaling", "NodeType", "ScaleDecision",
-           "get_autoscaler", "AUTOSCALERS"]
+__all__ = ["AutoscalingPolicy", "DemandAutoscaler", "NoAutoscaling", "NodeType",
+           "ScaleDecision", "TargetUtilization", "get_autoscaler", "AUTOSCALERS"]
 
 #: Built-in autoscalers by name (modules register theirs here).
-AUTOSCALERS: dict[str, Callable[..., Any]] = {"none": NoAutoscaling}
+AUTOSCALERS: dict[str, Callable[..., Any]] = {
+    "none": NoAutoscaling,
+    "demand": DemandAutoscaler,
+    "target": TargetUtilization,
+}
 
 
 def get_autoscaler(spec: Any = None, **kwargs: Any) -> AutoscalingPolicy:
@@ -26,6 +32,8 @@ def get_autoscaler(spec: Any = None, **kwargs: Any) -> AutoscalingPolicy:
                 f"{', '.join(sorted(AUTOSCALERS))} or pass an object with a decide() method"
             )
         return factory(**kwargs)
+    if isinstance(spec, type) and callable(getattr(spec, "decide", None)):
+        return spec(**kwargs)
     if not callable(getattr(spec, "decide", None)):
         raise TypeError(f"autoscaler: expected a name or an object with a "
                         f"decide(unmet, cluster, node_types) method, got {spec!r}")

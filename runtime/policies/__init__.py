@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from runtime.policies.backfill import EasyBackfill
 from runtime.policies.base import (
     ClusterState,
     Decision,
@@ -19,14 +20,30 @@ from runtime.policies.base import (
     TaskInfo,
     check_placement,
 )
+from runtime.policies.binpack import BestFit, Spread
+from runtime.policies.custom import FunctionPolicy, from_function
+from runtime.policies.fairness import DRF, FairShare
 from runtime.policies.fifo import FirstFit
+from runtime.policies.hetero import Hetero
+from runtime.policies.ledger import Ledger
+from runtime.policies.priority import PriorityPreempt
 from runtime.policies.state import NodeIndex
 
 __all__ = [
+    "BestFit",
     "ClusterState",
+    "DRF",
     "Decision",
+    "EasyBackfill",
+    "FairShare",
     "FirstFit",
+    "FunctionPolicy",
+    "Hetero",
+    "Ledger",
     "NodeIndex",
+    "PriorityPreempt",
+    "Spread",
+    "from_function",
     "NodeInfo",
     "Place",
     "Preempt",
@@ -38,7 +55,18 @@ __all__ = [
 ]
 
 #: Built-in policies by name (modules register theirs here).
-POLICIES: dict[str, Callable[..., Any]] = {"fifo": FirstFit, "first_fit": FirstFit}
+POLICIES: dict[str, Callable[..., Any]] = {
+    "fifo": FirstFit,
+    "first_fit": FirstFit,
+    "best_fit": BestFit,
+    "spread": Spread,
+    "hetero": Hetero,
+    "hetero_cost": lambda **kw: Hetero(per_cost=True, **kw),
+    "drf": DRF,
+    "fair_share": FairShare,
+    "backfill": EasyBackfill,
+    "priority": PriorityPreempt,
+}
 
 
 def get_policy(spec: Any = None, **kwargs: Any) -> SchedulingPolicy:
@@ -53,7 +81,14 @@ def get_policy(spec: Any = None, **kwargs: Any) -> SchedulingPolicy:
                 f"or pass an object with a schedule(pending, cluster) method"
             )
         return factory(**kwargs)
+    if isinstance(spec, type) and callable(getattr(spec, "schedule", None)):
+        return spec(**kwargs)
+    if kwargs:
+        raise TypeError(f"policy: options {sorted(kwargs)} apply only to a policy name, "
+                        f"not to the object {spec!r}")
     if not callable(getattr(spec, "schedule", None)):
+        if callable(spec):
+            return from_function(spec)
         raise TypeError(
             f"policy: expected a policy name or an object with a schedule(pending, cluster) "
             f"method, got {spec!r} ({type(spec).__name__})"

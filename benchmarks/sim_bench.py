@@ -1,0 +1,97 @@
+"""Simulator speed: tasks/s at 110% offered load, and decision cost vs cluster size.
+
+``python -m benchmarks.sim_bench [--quick] [--tasks N] [--nodes N] [--policy NAME]``
+prints a table. The target (issue 3): 1,000,000 tasks on 10,000 heterogeneous
+nodes (CPU, V100/A100/H100 GPUs, TPU), best fit, metrics and trace on, in <= 20 s
+on one core, under 2 GB; decision cost growing at most logarithmically with nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+from runtime.resources import Resources
+from simulator.cluster import bench_cluster
+from simulator.engine import Simulation
+from simulator.workloads.arrivals import JobMix
+from simulator.workloads.base import Exp, Shape
+
+__all__ = ["main", "overload_workload", "run_one"]
+
+
+def overload_workload(nodes: int, n_tasks: int, load: float = 1.1,
+                      mean: float = 100.0) -> JobMix:
+    """A CPU/GPU/TPU job mix offering ``load`` x the capacity of ``bench_cluster(nodes)``."""
+    cl = bench_cluster(nodes)
+    tot: dict[str, float] = {}
+    for s in cl.node_specs:
+        for k, v in s.resources.items():
+            tot[k] = tot.get(k, 0.0) + v * s.count
+    lam_gpu = load * tot.get("GPU", 0.0) / mean
+    lam_tpu = load * tot.get("TPU", 0.0) / mean
+    lam_cpu = max(load * tot["CPU"] / mean - lam_gpu - lam_tpu, 1e-9)
+    shapes = [Shape(Resources({"CPU": 1}), "cpu_job", Exp(mean), weight=lam_cpu),
+              Shape(Resources({"CPU": 1, "GPU": 1}), "gpu_job", Exp(mean), weight=lam_gpu),
+              Shape(Resources({"CPU": 1, "TPU": 1}), "tpu_job", Exp(mean), weight=lam_tpu)]
+    return JobMix(n_tasks, lam_cpu + lam_gpu + lam_tpu, shapes,
+                  tenants={"a": 1.0, "b": 1.0, "c": 1.0}, name="overload")
+
+
+def run_one(nodes: int, n_tasks: int, policy: str = "best_fit") -> dict[str, float]:
+    """Simulate ``n_tasks`` on ``nodes`` nodes at 110% load; wall time and rates."""
+    wl = overload_workload(nodes, n_tasks)
+    t0 = time.perf_counter()
+    sim = Simulation(bench_cluster(nodes), wl, policy=policy, seed=1, failures=False)
+    t1 = time.perf_counter()
+    sim.run()
+    t2 = time.perf_counter()
+    m = sim.metrics()
+    t3 = time.perf_counter()
+    run_s = t2 - t1
+    return {"nodes": nodes, "tasks": n_tasks, "setup_s": t1 - t0, "run_s": run_s,
+            "metrics_s": t3 - t2, "tasks_per_s": n_tasks / run_s,
+            "us_per_round": 1e6 * run_s / max(sim.policy_calls, 1),
+            "rounds": sim.policy_calls, "events": len(sim.trace),
+            "finished": m["finished"], "util_GPU": m.get("util_GPU", 0.0),
+            "wait_mean": m["wait_mean"],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _table(rows: list[dict[str, float]], cols: list[str]) -> str:
+    def fmt(v: object) -> str:
+        return f"{v:,.3g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+    cells = [[fmt(r[c]) for c in cols] for r in rows]
+    w = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.rjust(w[i]) for i, c in enumerate(cols))]
+    lines += ["  ".join(x[i].rjust(w[i]) for i in range(len(cols))) for x in cells]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print the tables."""
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.sim_bench", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="a small smoke run (seconds)")
+    ap.add_argument("--tasks", type=int, default=None)
+    ap.add_argument("--nodes", type=int, default=None)
+    ap.add_argument("--policy", default="best_fit")
+    ap.add_argument("--skip-scaling", action="store_true")
+    args = ap.parse_args(argv)
+    n_tasks = args.tasks or (20_000 if args.quick else 1_000_000)
+    nodes = args.nodes or (1_000 if args.quick else 10_000)
+    cols = ["nodes", "tasks", "run_s", "tasks_per_s", "us_per_round", "rounds", "events",
+            "finished", "util_GPU", "peak_rss_mb"]
+    print(f"main run: {n_tasks:,} tasks, {nodes:,} nodes, policy {args.policy}, 110% load, "
+          f"trace + metrics on")
+    print(_table([run_one(nodes, n_tasks, args.policy)], cols))
+    if args.skip_scaling:
+        return
+    sizes = (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000)
+    per = 5_000 if args.quick else 100_000
+    print(f"\ndecision cost vs nodes ({per:,} tasks each, 110% load):")
+    print(_table([run_one(n, per, args.policy) for n in sizes], cols))
+
+
+if __name__ == "__main__":
+    main()

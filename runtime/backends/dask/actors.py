@@ -1,0 +1,269 @@
+"""Actors on dask: an instance lives on one worker; calls are tasks pinned to it.
+
+Dask's own actors run calls in a thread pool without Ray's ordering and have no
+restarts, so the backend keeps the instance in a per-process box on the worker
+(:mod:`._remote`) and sends each call as a dask task pinned to that worker with
+a sequence number; the box runs calls strictly in submission order. When the
+worker dies, the actor is rebuilt by its constructor on another worker (up to
+``max_restarts``): the call that was running fails with ``ActorDiedError``
+(unless ``max_task_retries`` allows a re-run) and queued calls run, in order, on
+the new instance.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from runtime.backends.dask import _remote
+from runtime.backends.dask.backend import _Task, dask_resources, task_key
+from runtime.errors import ActorDiedError
+from runtime.events import EventKind
+from runtime.refs import ObjectRef
+from runtime.resources import Resources
+
+if TYPE_CHECKING:
+    from runtime.backends.base import ActorSpec
+    from runtime.backends.dask.backend import DaskBackend
+
+__all__ = ["ActorManager"]
+
+
+class _Actor:
+    """Driver-side state of one actor."""
+
+    def __init__(self, actor_id: int, spec: ActorSpec) -> None:
+        self.id = actor_id
+        self.spec = spec
+        self.name = spec.name
+        self.generation = 0
+        self.restarts = 0
+        self.addr: str | None = None
+        self.node: str | None = None
+        self.create_fut: Any = None
+        self.next_seq = 0
+        self.dead: ActorDiedError | None = None
+        self.calls: dict[int, _Task] = {}  # not yet known done, in submission order
+        self.lock = threading.RLock()
+        self.ready = threading.Condition(self.lock)
+
+
+class ActorManager:
+    """Creates, calls, restarts and kills actors for a driver-side :class:`DaskBackend`."""
+
+    def __init__(self, backend: DaskBackend) -> None:
+        self.b = backend
+        self._actors: dict[int, _Actor] = {}
+
+    # creation ---------------------------------------------------------------
+    def create(self, spec: ActorSpec) -> int:
+        """Start the constructor on a worker (dask picks it); returns the actor id."""
+        aid = self.b.next_id()
+        actor = _Actor(aid, spec)
+        info = spec_info(spec, aid, self.b.now())
+        self.b.control.check_feasible(info)
+        self._actors[aid] = actor
+        self._submit_create(actor)
+        self.b.events.emit(self.b.now(), EventKind.ACTOR_CREATED, aid, None, name=spec.name,
+                           resources=spec.request.to_dict())
+        return aid
+
+    def _submit_create(self, actor: _Actor) -> None:
+        spec = actor.spec
+        args, kwargs = self.b._prepare_args(spec.name, spec.args, spec.kwargs)
+        res = dask_resources(spec.request, spec.options.get("accelerator_type"))
+        actor.create_fut = self.b.client.submit(
+            _remote.create_actor, actor.id, actor.generation, spec.name, spec.cls, args, kwargs,
+            key=f"{task_key(spec.name, actor.id)}-actor-g{actor.generation}", pure=False,
+            resources=res or None, retries=0)
+        actor.addr = None
+        actor.node = None
+
+    def _ensure_ready(self, actor: _Actor) -> None:
+        """Wait for the constructor (first call only); a failing one kills the actor."""
+        if actor.addr is not None or actor.dead is not None:
+            return
+        fut = actor.create_fut
+        try:
+            addr = fut.result()
+        except Exception as exc:  # noqa: BLE001 - constructor error or worker loss
+            with actor.lock:
+                if actor.create_fut is fut:
+                    actor.dead = ActorDiedError(f"{actor.name} (id {actor.id})",
+                                                f"its constructor failed: {exc}")
+            return
+        with actor.lock:
+            if actor.create_fut is fut:
+                actor.addr = addr
+                actor.node = self._node_of(addr)
+
+    def _node_of(self, addr: str) -> str | None:
+        for nid, a in list(self.b._addr_of.items()):
+            if a == addr:
+                return nid
+        self.b.refresh_workers()
+        for nid, a in list(self.b._addr_of.items()):
+            if a == addr:
+                return nid
+        return None
+
+    # calls ------------------------------------------------------------------
+    def call(self, aid: int, method: str, args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> ObjectRef:
+        """Queue a method call (waits for the constructor on the first call)."""
+        actor = self._actors.get(aid)
+        if actor is None:
+            raise ActorDiedError(f"id {aid}", "no such actor in this cluster")
+        cid = self.b.next_id()
+        name = f"{actor.name}.{method}"
+        args2, kwargs2 = self.b._prepare_args(name, args, kwargs)
+        task = _Task(cid, name, getattr, args2, kwargs2, Resources(), {}, 0, False,
+                     spec_info(actor.spec, cid, self.b.now(), name))
+        task.actor = [aid, 0, 0, method]
+        ref = ObjectRef(cid, self.b, name)
+        self.b._tasks[cid] = task
+        self.b.events.emit(self.b.now(), EventKind.TASK_SUBMITTED, cid, None, name=name,
+                           resources={})
+        self._ensure_ready(actor)
+        with actor.lock:
+            if actor.dead is not None:
+                self.b._fail(cid, actor.dead)
+                return ref
+            actor.calls[cid] = task
+            self._submit_call(actor, task)
+        return ref
+
+    def _submit_call(self, actor: _Actor, task: _Task) -> None:
+        seq = actor.next_seq
+        actor.next_seq += 1
+        task.actor[1:3] = [actor.generation, seq]
+        key = task_key(task.name, task.id)
+        if actor.generation:
+            key += f"-g{actor.generation}"
+        fut = self.b.client.submit(
+            _remote.call_actor, actor.id, actor.generation, seq, task.id, task.actor[3],
+            task.args, task.kwargs, key=key, pure=False, workers=[actor.addr],
+            allow_other_workers=False, retries=0)
+        with self.b._lock:
+            self.b._futs[task.id] = fut
+            self.b._cond.notify_all()
+        fut.add_done_callback(lambda _f, a=actor, t=task.id: a.calls.pop(t, None))
+
+    def cancel_call(self, task: _Task) -> None:
+        """Let later calls pass a cancelled call that has not run."""
+        actor = self._actors.get(task.actor[0])
+        if actor is None or actor.addr is None:
+            return
+        actor.calls.pop(task.id, None)
+        try:
+            self.b.client.run(_remote.skip_actor_call, actor.id, task.actor[1], task.actor[2],
+                              workers=[actor.addr], on_error="ignore")
+        except Exception:  # noqa: BLE001 - the worker is gone anyway
+            pass
+
+    # death, restart, kill ---------------------------------------------------
+    def kill(self, aid: int, *, no_restart: bool = True) -> None:
+        """Drop the instance; fail its calls (or rebuild it when ``no_restart=False``)."""
+        actor = self._actors.get(aid)
+        if actor is None:
+            return
+        self._ensure_ready(actor)
+        if actor.addr is not None:
+            try:
+                self.b.client.run(_remote.drop_actor, aid, workers=[actor.addr],
+                                  on_error="ignore")
+            except Exception:  # noqa: BLE001 - worker already gone
+                pass
+        if no_restart:
+            self._die(actor, ActorDiedError(f"{actor.name} (id {aid})", "it was killed"))
+        else:
+            self._restart(actor, running=None)
+
+    def _die(self, actor: _Actor, err: ActorDiedError) -> None:
+        with actor.lock:
+            actor.dead = err
+            calls = list(actor.calls.values())
+            actor.calls.clear()
+        for t in calls:
+            self.b._fail(t.id, err)
+        self.b.events.emit(self.b.now(), EventKind.ACTOR_DIED, actor.id, actor.node,
+                           reason=err.reason)
+
+    def node_removed(self, node_id: str) -> None:
+        """A worker left: restart (or kill) the actors that lived on it."""
+        for actor in list(self._actors.values()):
+            if actor.dead is not None or actor.node != node_id:
+                continue
+            running = [t for t in actor.calls.values() if t.id in self.b._running
+                       or self.b._tasks.get(t.id) is t and t.attempts > 0]
+            threading.Thread(target=self._lost, args=(actor, running[0] if running else None),
+                             name="nbcluster-actor-restart", daemon=True).start()
+
+    def _lost(self, actor: _Actor, running: _Task | None) -> None:
+        spec = actor.spec
+        if spec.max_restarts >= 0 and actor.restarts >= spec.max_restarts:
+            self._die(actor, ActorDiedError(f"{actor.name} (id {actor.id})",
+                                            f"its worker {actor.node} died and max_restarts="
+                                            f"{spec.max_restarts} restart(s) are used up"))
+            return
+        self._restart(actor, running)
+
+    def _restart(self, actor: _Actor, running: _Task | None) -> None:
+        with actor.lock:
+            actor.restarts += 1
+            actor.generation += 1
+            actor.next_seq = 0
+            old = list(actor.calls.values())
+            self._submit_create(actor)
+        self.b.events.emit(self.b.now(), EventKind.ACTOR_RESTARTED, actor.id, None,
+                           restarts=actor.restarts)
+        stale = [self.b._futs.get(t.id) for t in old]
+        try:
+            self.b.client.cancel([f for f in stale if f is not None], force=True)
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+        self._ensure_ready(actor)
+        with actor.lock:
+            for t in old:
+                if t is running and actor.spec.max_task_retries == 0:
+                    actor.calls.pop(t.id, None)
+                    self.b._fail(t.id, ActorDiedError(
+                        f"{actor.name} (id {actor.id})",
+                        f"its worker died while running {t.name}; max_task_retries=0"))
+                    continue
+                if actor.dead is not None:
+                    self.b._fail(t.id, actor.dead)
+                    continue
+                self._submit_call(actor, t)
+
+    def held_on(self, node_id: str, free: Resources) -> dict[str, float]:
+        """Resources live actors hold on ``node_id`` (clamped to ``free``)."""
+        out: dict[str, float] = {}
+        for a in self._actors.values():
+            if a.dead is None and a.node == node_id:
+                for k, v in a.spec.request.items():
+                    out[k] = out.get(k, 0.0) + v
+        return {k: min(v, free.get(k, 0.0)) for k, v in out.items()}
+
+    def shutdown(self) -> None:
+        """Forget every actor (their workers keep running; instances are dropped lazily)."""
+        for actor in self._actors.values():
+            if actor.addr is not None and actor.dead is None:
+                try:
+                    self.b.client.run(_remote.drop_actor, actor.id, workers=[actor.addr],
+                                      on_error="ignore")
+                except Exception:  # noqa: BLE001 - shutting down
+                    pass
+        self._actors.clear()
+
+
+def spec_info(spec: ActorSpec, ident: int, now: float, name: str | None = None) -> Any:
+    """The TaskInfo of an actor creation (or call) for feasibility checks and policies."""
+    from runtime.policies.base import TaskInfo
+
+    o = spec.options
+    return TaskInfo(id=ident, name=name or spec.name, request=spec.request,
+                    kind=o.get("kind") or spec.name, accelerator_type=o.get("accelerator_type"),
+                    tenant=o.get("tenant") or "default", priority=o.get("priority") or 0,
+                    submitted_at=now)
+

@@ -1,0 +1,742 @@
+"""The dask backend: the runtime's contracts mapped onto a ``distributed.Client``.
+
+Tasks become ``client.submit(run_task, ...)`` with dask resources from the
+request, refs are futures looked up by id, ``get`` is wait + gather (seceding
+from the worker's thread pool when called inside a task), ``put`` is scatter.
+Resource convention: a worker's ``CPU`` is its thread count (so a task blocked
+in ``get`` lends its CPU when it secedes); every other resource (``GPU``,
+``TPU``, custom) is a dask worker resource; a worker that has
+``accelerator_type:A100=1`` among its resources has the accelerator label
+``A100`` (Ray's convention). Actors, placement by a policy and autoscaling live
+in :mod:`.actors` and :mod:`.control`.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import distributed
+from distributed import Future
+from distributed.client import _wait as _dask_wait
+
+from runtime.backends.base import ActorSpec, Backend, TaskSpec
+from runtime.backends.dask import _remote
+from runtime.errors import (
+    GetTimeoutError,
+    NBClusterError,
+    ObjectLostError,
+    RuntimeShutdownError,
+    TaskCancelledError,
+    WorkerCrashedError,
+    make_task_error,
+)
+from runtime.events import EventKind
+from runtime.policies.base import ACCELERATOR_LABEL, NodeInfo, TaskInfo
+from runtime.refs import ObjectRef
+from runtime.resources import Resources
+from runtime.serialization import check_call_args
+
+__all__ = ["DaskBackend", "ACCELERATOR_PREFIX", "task_key", "worker_shape"]
+
+log = logging.getLogger("runtime.backends.dask")
+
+#: A worker resource ``accelerator_type:<model>`` labels the worker with that model.
+ACCELERATOR_PREFIX = "accelerator_type:"
+#: Amount of the accelerator resource a task with ``accelerator_type=`` asks dask for.
+ACCELERATOR_AMOUNT = 0.001
+_KEY_SAFE = re.compile(r"[^A-Za-z0-9_.<>]+")
+_TRIVIAL = (type(None), bool, int, float, str, bytes, ObjectRef)
+
+
+def task_key(name: str, ref_id: int) -> str:
+    """The dask key of the task or object with this id (derivable on any worker)."""
+    return f"{_KEY_SAFE.sub('_', name) or 'obj'}-{ref_id}"
+
+
+def worker_shape(info: Mapping[str, Any]) -> tuple[str, str, Resources, dict[str, str]]:
+    """``(node id, node type, total resources, labels)`` of a worker from ``scheduler_info``."""
+    name = info.get("name")
+    node_id = str(name) if name is not None else str(info.get("id"))
+    res: dict[str, float] = {}
+    labels: dict[str, str] = {}
+    for k, v in (info.get("resources") or {}).items():
+        if k.startswith(ACCELERATOR_PREFIX):
+            labels[ACCELERATOR_LABEL] = k[len(ACCELERATOR_PREFIX):]
+        else:
+            res[k] = float(v)
+    res.setdefault("CPU", float(info.get("nthreads") or 1))
+    if info.get("memory_limit") and "memory" not in res:
+        res["memory"] = float(info["memory_limit"])
+    node_type = re.sub(r"-\d+$", "", node_id) if name is not None else "worker"
+    if node_type.isdigit() or "://" in node_type:
+        node_type = "worker"
+    return node_id, node_type, Resources(res, where=f"worker {node_id}"), labels
+
+
+def dask_resources(request: Mapping[str, float], accelerator: str | None) -> dict[str, float]:
+    """The dask ``resources=`` for a request: everything but CPU and memory, plus the label."""
+    out = {k: v for k, v in request.items() if k not in ("CPU", "memory")}
+    if accelerator:
+        out[ACCELERATOR_PREFIX + accelerator] = ACCELERATOR_AMOUNT
+    return out
+
+
+class _Task:
+    """What the driver keeps about one task (or actor call) it submitted."""
+
+    __slots__ = ("id", "name", "fn", "args", "kwargs", "request", "res", "max_retries",
+                 "retry", "info", "attempts", "node", "actor", "keep", "placed", "extra")
+
+    def __init__(self, id: int, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any], request: Resources, res: dict[str, float],
+                 max_retries: int, retry: Any, info: TaskInfo) -> None:
+        self.id = id
+        self.name = name
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.request = request
+        self.res = res
+        self.max_retries = max_retries
+        self.retry = retry
+        self.info = info
+        self.attempts = 0  # starts seen
+        self.node: str | None = None
+        self.actor: Any = None  # (actor id, generation, seq, method) for actor calls
+        self.keep: list[Any] = []  # futures of nested refs, kept alive while it runs
+        self.placed = True
+        self.extra = 0  # resubmissions after KilledWorker
+
+
+class DaskBackend(Backend):
+    """Runs tasks and actors on a dask.distributed cluster (driver or worker side)."""
+
+    kind = "dask"
+
+    def __init__(self, client: distributed.Client, *, role: str = "driver",
+                 owns_client: bool = False, cluster: Any = None, owns_cluster: bool = False,
+                 policy: Any = None, autoscaler: Any = None, node_types: Any = None,
+                 poll_interval: float = 0.5, autoscale_interval: float = 1.0) -> None:
+        super().__init__()
+        self.client = client
+        self.role = role
+        self._owns_client = owns_client
+        self._cluster = cluster
+        self._owns_cluster = owns_cluster
+        self._t0 = time.monotonic()
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._futs: dict[int, Future] = {}
+        self._tasks: dict[int, _Task] = {}
+        self._errors: dict[int, BaseException] = {}
+        self._refcount: collections.Counter[int] = collections.Counter()
+        self._dropped: collections.deque[int] = collections.deque()
+        self._orphans: dict[int, Future] = {}
+        self._closed = False
+        if role == "worker":
+            self._ids = itertools.count((secrets.randbits(40) << 20) + 1)
+            self.actors = None
+            self.control = None
+            return
+        # driver: the cluster view, the event topic, actors, policy and autoscaler
+        self._workers: dict[str, tuple[str, str, Resources, dict[str, str], str]] = {}
+        self._addr_of: dict[str, str] = {}
+        self._used: dict[str, dict[str, float]] = {}
+        self._running: dict[int, tuple[str, Resources]] = {}
+        self.poll_interval = poll_interval
+        from runtime.backends.dask.actors import ActorManager
+        from runtime.backends.dask.control import Control
+
+        self.actors = ActorManager(self)
+        self.control = Control(self, policy=policy, autoscaler=autoscaler, node_types=node_types,
+                               interval=autoscale_interval)
+        self.client.subscribe_topic(_remote.TOPIC, self._on_topic)
+        self.refresh_workers()
+        self._poller = threading.Thread(target=self._poll_loop, name="nbcluster-dask-poll",
+                                        daemon=True)
+        self._poller.start()
+        self.control.start()
+
+    # ------------------------------------------------------------------ ids/refs
+    def _ref_created(self, ref_id: int) -> None:
+        self._refcount[ref_id] += 1
+
+    def _ref_deleted(self, ref_id: int) -> None:
+        self._dropped.append(ref_id)  # processed later: __del__ may run anywhere
+
+    def _collect(self) -> None:
+        while self._dropped:
+            try:
+                rid = self._dropped.popleft()
+            except IndexError:
+                break
+            with self._lock:
+                self._refcount[rid] -= 1
+                if self._refcount[rid] > 0:
+                    continue
+                del self._refcount[rid]
+                fut = self._futs.pop(rid, None)
+                task = self._tasks.get(rid)
+                if fut is not None and not fut.done():
+                    self._orphans[rid] = fut  # Ray runs dropped tasks anyway
+                elif task is None or task.placed:
+                    self._tasks.pop(rid, None)
+                    self._errors.pop(rid, None)
+        if self._orphans:
+            with self._lock:
+                for rid in [r for r, f in self._orphans.items() if f.done()]:
+                    del self._orphans[rid]
+                    self._tasks.pop(rid, None)
+                    self._errors.pop(rid, None)
+
+    def _future(self, ref: ObjectRef) -> Future | None:
+        fut = self._futs.get(ref.id)
+        if fut is None:
+            fut = self._orphans.get(ref.id)
+        if fut is None and ref.id not in self._tasks:
+            # a ref made elsewhere (another worker, or inside a task): its key is derivable
+            fut = Future(task_key(ref.name, ref.id), self.client)
+            self._futs[ref.id] = fut
+        return fut
+
+    # ------------------------------------------------------------------ submit
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeShutdownError("the dask backend was shut down; call runtime.init() again")
+
+    def _prepare_args(self, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any],
+                      task: _Task | None = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if any(not isinstance(a, _TRIVIAL) for a in args) or any(
+                not isinstance(v, _TRIVIAL) for v in kwargs.values()):
+            check_call_args(name, args, kwargs)
+        a2 = tuple(self._as_dep(a) for a in args)
+        k2 = {k: self._as_dep(v) for k, v in kwargs.items()}
+        return a2, k2
+
+    def _as_dep(self, value: Any) -> Any:
+        if isinstance(value, ObjectRef):
+            err = self._errors.get(value.id)
+            if err is not None:
+                return _Failed(err)
+            fut = self._future(value)
+            if fut is None:  # a policy-held task: wait until it is placed
+                self._await_placed([value], None)
+                err = self._errors.get(value.id)
+                if err is not None:
+                    return _Failed(err)
+                fut = self._futs[value.id]
+            return fut
+        return value
+
+    def submit(self, spec: TaskSpec) -> ObjectRef:
+        """Queue a task on dask (or with the policy); returns its ref at once."""
+        self._check_open()
+        if self._dropped:
+            self._collect()
+        tid = self.next_id()
+        info = spec.info(tid, self.now())
+        if self.role == "driver":
+            self.control.check_feasible(info)
+        args, kwargs = self._prepare_args(spec.name, spec.args, spec.kwargs)
+        res = dask_resources(spec.request, info.accelerator_type)
+        task = _Task(tid, spec.name, spec.func, args, kwargs, spec.request, res,
+                     spec.max_retries, spec.retry_exceptions, info)
+        ref = ObjectRef(tid, self, spec.name)
+        if self.role == "driver":
+            self._tasks[tid] = task
+            self.events.emit(self.now(), EventKind.TASK_SUBMITTED, tid, None, name=spec.name,
+                             resources=spec.request.to_dict())
+            if self.control.policy is not None:
+                task.placed = False
+                self.control.enqueue(task)
+                return ref
+        self._submit_to_dask(task)
+        return ref
+
+    def _submit_to_dask(self, task: _Task, workers: list[str] | None = None) -> Future:
+        meta = (task.id, task.name, task.retry, task.max_retries, task.request.to_dict())
+        key = task_key(task.name, task.id)
+        if task.extra:
+            key = f"{key}-r{task.extra}"
+        failed = [a.error for a in (*task.args, *task.kwargs.values()) if isinstance(a, _Failed)]
+        if failed:
+            self._fail(task.id, failed[0])
+            return None  # type: ignore[return-value]
+        fut = self.client.submit(
+            _remote.run_task, task.fn, meta, task.args, task.kwargs, key=key, pure=False,
+            resources=task.res or None, retries=0, workers=workers,
+            allow_other_workers=False if workers else False,
+        )
+        with self._lock:
+            self._futs[task.id] = fut
+            self._cond.notify_all()
+        return fut
+
+    def _fail(self, task_id: int, err: BaseException, *, cancelled: bool = False) -> None:
+        with self._lock:
+            self._errors[task_id] = err
+            self._cond.notify_all()
+            fut = self._futs.get(task_id)
+        if fut is not None and not fut.done():
+            try:
+                self.client.cancel([fut], force=True)
+            except Exception:  # noqa: BLE001 - closing client
+                pass
+        kind = EventKind.TASK_CANCELLED if cancelled else EventKind.TASK_FAILED
+        self.events.emit(self.now(), kind, task_id, None, error=type(err).__name__,
+                         reason=str(err).split("\n", 1)[0])
+        if self.role == "driver":
+            self._release_running(task_id)
+
+    def put(self, value: Any) -> ObjectRef:
+        """Scatter ``value`` to a worker; returns its ref."""
+        self._check_open()
+        rid = self.next_id()
+        key = task_key("obj", rid)
+        with _remote.seceded():
+            fut = self.client.scatter({key: value}, hash=False)[key]
+        self._futs[rid] = fut
+        return ObjectRef(rid, self, "obj")
+
+    # ------------------------------------------------------------------ get/wait
+    def _await_placed(self, refs: Sequence[ObjectRef], deadline: float | None) -> None:
+        """Block until every ref has a future or an error (policy-held tasks)."""
+        with self._cond:
+            while True:
+                missing = [r for r in refs if r.id not in self._errors
+                           and self._futs.get(r.id) is None and r.id in self._tasks]
+                if not missing:
+                    return
+                self._check_open()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise GetTimeoutError(f"get() timed out: {len(missing)} task(s) still "
+                                          f"pending placement")
+                self._cond.wait(0.5 if left is None else min(left, 0.5))
+
+    def _settled(self, ref: ObjectRef, fut: Future | None) -> bool:
+        """Whether the ref is done for the user (a retriable worker loss is not)."""
+        if ref.id in self._errors:
+            return True
+        if fut is None or not fut.done():
+            return False
+        if fut.status == "error" and self.role == "driver":
+            return not self._maybe_resubmit(ref.id, fut)
+        return True
+
+    def _maybe_resubmit(self, tid: int, fut: Future) -> bool:
+        task = self._tasks.get(tid)
+        if task is None or task.actor is not None:
+            return False
+        exc = fut.exception()
+        if type(exc).__name__ != "KilledWorker":
+            return False
+        attempts = max(task.attempts, 1)
+        if task.max_retries >= 0 and attempts >= task.max_retries + 1:
+            last = getattr(exc, "last_worker", None)
+            self._fail(tid, WorkerCrashedError(task.name, tid, attempts,
+                                               str(getattr(last, "name", None) or last),
+                                               "dask reported KilledWorker"))
+            return False
+        task.extra += 1
+        self.events.emit(self.now(), EventKind.TASK_RETRIED, tid, None,
+                         attempt=attempts + 1, reason="worker died")
+        self._submit_to_dask(task)
+        return True
+
+    def _error_of(self, ref: ObjectRef, fut: Future | None) -> BaseException | None:
+        err = self._errors.get(ref.id)
+        if err is not None:
+            return err
+        if fut is None:
+            return RuntimeShutdownError(f"object {ref.id} is unknown to this cluster")
+        if fut.status == "cancelled":
+            return TaskCancelledError(ref.name or "?", ref.id)
+        if fut.status == "lost":
+            return ObjectLostError(f"object {ref.id} ({ref.name}) was lost with its worker")
+        if fut.status != "error":
+            return None
+        exc = fut.exception()
+        if isinstance(exc, NBClusterError):
+            return exc
+        if type(exc).__name__ == "KilledWorker":
+            task = self._tasks.get(ref.id)
+            last = getattr(exc, "last_worker", None)
+            return WorkerCrashedError(ref.name, ref.id, task.attempts if task else 1,
+                                      str(getattr(last, "name", None) or last),
+                                      "dask reported KilledWorker")
+        if isinstance(exc, distributed.client.FutureCancelledError):
+            return TaskCancelledError(ref.name or "?", ref.id)
+        try:
+            tb = "".join(__import__("traceback").format_tb(fut.traceback()))
+        except Exception:  # noqa: BLE001 - no traceback available
+            tb = ""
+        return make_task_error(exc, tb, task_name=ref.name, task_id=ref.id)
+
+    def _futures_for(self, refs: Sequence[ObjectRef], deadline: float | None) -> list[Any]:
+        self._check_open()
+        if self.role == "driver" and self.control.policy is not None:
+            self._await_placed(refs, deadline)
+        with self._lock:
+            return [self._future(r) for r in refs]
+
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
+        """Wait for every ref, then gather; raise the first error in ref order."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        futs = self._futures_for(refs, deadline)
+        with _remote.seceded():
+            while True:
+                pending = [f for r, f in zip(refs, futs, strict=True)
+                           if f is not None and r.id not in self._errors and not f.done()]
+                if pending:
+                    left = None if deadline is None else max(deadline - time.monotonic(), 0)
+                    try:
+                        self._dwait(pending, None if left is None else left + 1e-3)
+                    except TimeoutError:
+                        raise GetTimeoutError(
+                            f"get() timed out after {timeout:g} s with {len(pending)} of "
+                            f"{len(refs)} ref(s) not ready; the task(s) keep running"
+                        ) from None
+                self._check_open()
+                again = False
+                for i, (r, f) in enumerate(zip(refs, futs, strict=True)):
+                    if not self._settled(r, f):
+                        again = True
+                        futs[i] = self._futs.get(r.id, f)
+                        continue
+                    err = self._error_of(r, f)
+                    if err is not None:
+                        raise err
+                if not again:
+                    break
+            try:
+                return self.client.gather(futs)
+            except Exception:  # noqa: BLE001 - a race with cancel/loss: report per ref
+                for r, f in zip(refs, futs, strict=True):
+                    err = self._error_of(r, f)
+                    if err is not None:
+                        raise err from None
+                raise
+
+    def wait(self, refs: Sequence[ObjectRef], num_returns: int,
+             timeout: float | None) -> list[int]:
+        """Indexes of the first ``num_returns`` done refs (input order) or of those done
+        when the timeout passes."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.role == "driver" and self.control.policy is not None:
+            try:
+                self._await_placed(refs, deadline)
+            except GetTimeoutError:
+                pass
+        with self._lock:
+            futs = [self._future(r) if (r.id in self._futs or r.id not in self._tasks
+                                        or self._tasks[r.id].placed) else None for r in refs]
+        with _remote.seceded():
+            while True:
+                done = [i for i, (r, f) in enumerate(zip(refs, futs, strict=True))
+                        if self._settled(r, f)]
+                if len(done) >= num_returns:
+                    return done[:num_returns]
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return done
+                pending = [f for r, f in zip(refs, futs, strict=True)
+                           if f is not None and not f.done() and r.id not in self._errors]
+                step = 0.5 if left is None else min(left, 0.5)
+                if pending:
+                    try:
+                        self._dwait(pending, step, "FIRST_COMPLETED")
+                    except TimeoutError:
+                        pass
+                else:
+                    with self._cond:
+                        self._cond.wait(min(step, 0.05))
+                self._check_open()
+                with self._lock:
+                    futs = [self._futs.get(r.id, f) if f is None or f.done() else f
+                            for r, f in zip(refs, futs, strict=True)]
+
+    def _dwait(self, futs: list[Future], timeout: float | None,
+               return_when: str = "ALL_COMPLETED") -> None:
+        """``distributed.wait`` on this backend's client (not the default one)."""
+        self.client.sync(_dask_wait, futs, timeout=timeout, return_when=return_when)
+
+    def done(self, ref: ObjectRef) -> bool:
+        """Whether the ref has a value or an error (never blocks)."""
+        if ref.id in self._errors:
+            return True
+        fut = self._futs.get(ref.id) or self._orphans.get(ref.id)
+        if fut is None and ref.id in self._tasks:
+            return False
+        if fut is None:
+            fut = self._future(ref)
+        return fut is not None and fut.done()
+
+    def add_done_callback(self, ref: ObjectRef, fn: Callable[[ObjectRef], None]) -> None:
+        """Call ``fn(ref)`` once done, from a helper thread."""
+        if self.done(ref):
+            fn(ref)
+            return
+
+        def watch() -> None:
+            try:
+                self.wait([ref], 1, None)
+            except Exception:  # noqa: BLE001 - shutdown: report done anyway
+                pass
+            fn(ref)
+
+        threading.Thread(target=watch, name="nbcluster-dask-callback", daemon=True).start()
+
+    def cancel(self, ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> bool:
+        """Cancel: a pending task never runs; a running one gets ``TaskCancelledError``
+        raised in its thread (``force`` restarts its worker)."""
+        if self.done(ref):
+            return False
+        tid = ref.id
+        task = self._tasks.get(tid)
+        node = None
+        with self._lock:
+            if self.role == "driver":
+                node = self._running.get(tid, (None,))[0]
+                if task is not None and not task.placed:
+                    self.control.dequeue(tid)
+        if task is not None and task.actor is not None:
+            self.actors.cancel_call(task)
+        self._fail(tid, TaskCancelledError(ref.name or "?", tid), cancelled=True)
+        addr = self._addr_of.get(node) if (self.role == "driver" and node) else None
+        try:
+            if force and addr is not None:
+                self.client.restart_workers([addr], raise_for_error=False)
+            else:
+                self.client.run(_remote.interrupt_task, tid,
+                                workers=[addr] if addr else None, on_error="ignore")
+        except Exception:  # noqa: BLE001 - best effort: the ref is cancelled anyway
+            log.debug("interrupting task %s failed", tid, exc_info=True)
+        return True
+
+    # ------------------------------------------------------------------ actors
+    def create_actor(self, spec: ActorSpec) -> int:
+        """Start an actor on a worker; returns its id."""
+        self._check_open()
+        if self.actors is None:
+            raise NotImplementedError("creating actors from inside a dask task is not "
+                                      "supported; create them in the driver and pass the handle")
+        return self.actors.create(spec)
+
+    def call_actor(self, actor_id: int, method: str, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> ObjectRef:
+        """Queue a method call; calls on one actor run in submission order."""
+        self._check_open()
+        if self.actors is None:
+            raise NotImplementedError("calling actors from inside a dask task is not supported")
+        return self.actors.call(actor_id, method, args, kwargs)
+
+    def kill_actor(self, actor_id: int, *, no_restart: bool = True) -> None:
+        """Drop the actor's instance; pending and later calls raise ``ActorDiedError``."""
+        if self.actors is None:
+            raise NotImplementedError("killing actors from inside a dask task is not supported")
+        self.actors.kill(actor_id, no_restart=no_restart)
+
+    # ------------------------------------------------------------------ time
+    def sleep(self, seconds: float) -> None:
+        """Real sleep (lends the worker thread when called inside a task)."""
+        time.sleep(seconds)
+
+    def now(self) -> float:
+        """Seconds since this backend started."""
+        return time.monotonic() - self._t0
+
+    # ------------------------------------------------------------------ events and nodes
+    def _on_topic(self, event: tuple[float, Any]) -> None:
+        msg = event[1]
+        if not isinstance(msg, dict):
+            return
+        try:
+            self._handle_event(msg)
+        except Exception:  # noqa: BLE001 - never break the client's loop
+            log.exception("bad nbcluster event %r", msg)
+
+    def _handle_event(self, msg: dict[str, Any]) -> None:
+        e, tid, node = msg.get("e"), msg.get("t"), msg.get("w")
+        now = self.now()
+        task = self._tasks.get(tid)
+        if e == "start":
+            req = Resources._trusted(dict(msg.get("r") or {})) if task is None else task.request
+            if task is not None and task.actor is not None:
+                req = Resources()
+            with self._lock:
+                if tid in self._errors:
+                    return
+                if tid in self._running:  # started again: its worker died mid-task
+                    self._release_running(tid)
+                    if task is not None:
+                        self.events.emit(now, EventKind.TASK_RETRIED, tid, node,
+                                         attempt=task.attempts + 1, reason="worker died")
+                self._running[tid] = (node, req)
+                used = self._used.setdefault(node, {})
+                for k, v in req.items():
+                    used[k] = used.get(k, 0.0) + v
+            if task is None:
+                self.events.emit(now, EventKind.TASK_SUBMITTED, tid, None, name=msg.get("n"),
+                                 resources=dict(msg.get("r") or {}))
+                self.events.emit(now, EventKind.TASK_STARTED, tid, node, attempt=1)
+                return
+            task.attempts += 1
+            task.node = node
+            self.events.emit(now, EventKind.TASK_STARTED, tid, node, attempt=task.attempts)
+            if task.max_retries >= 0 and task.attempts > task.max_retries + 1:
+                self._fail(tid, WorkerCrashedError(task.name, tid, task.attempts - 1, node,
+                                                   "its worker died on each attempt"))
+        elif e == "retry":
+            self.events.emit(now, EventKind.TASK_RETRIED, tid, node, attempt=msg.get("n", 1) + 1,
+                             reason=f"raised {msg.get('why')}")
+        elif e in ("end", "fail"):
+            self._release_running(tid)
+            if tid in self._errors:
+                return
+            if e == "end":
+                self.events.emit(now, EventKind.TASK_FINISHED, tid, node)
+            else:
+                self.events.emit(now, EventKind.TASK_FAILED, tid, node, error=msg.get("err"))
+
+    def _release_running(self, tid: int) -> None:
+        with self._lock:
+            entry = self._running.pop(tid, None)
+            if entry is not None:
+                used = self._used.get(entry[0])
+                if used is not None:
+                    for k, v in entry[1].items():
+                        used[k] = max(used.get(k, 0.0) - v, 0.0)
+        if entry is not None and self.control is not None:
+            self.control.task_ended(tid)
+
+    def refresh_workers(self) -> None:
+        """Read the workers from the scheduler; publish node added/removed events."""
+        info = self.client.scheduler_info(n_workers=-1)
+        seen: dict[str, tuple[str, str, Resources, dict[str, str], str]] = {}
+        for addr, w in (info.get("workers") or {}).items():
+            node_id, node_type, total, labels = worker_shape({**w, "id": addr})
+            state = "draining" if str(w.get("status", "running")) in (
+                "closing_gracefully", "Status.closing_gracefully") else "up"
+            seen[node_id] = (node_id, node_type, total, labels, state)
+            self._addr_of[node_id] = addr
+        now = self.now()
+        with self._lock:
+            old = self._workers
+            self._workers = seen
+        for nid in sorted(set(seen) - set(old)):
+            _, ntype, total, labels, state = seen[nid]
+            self.events.emit(now, EventKind.NODE_ADDED, None, nid, node_type=ntype,
+                             total=total.to_dict(), labels=dict(labels), state=state)
+            self.control.node_added(nid)
+        for nid in sorted(set(old) - set(seen)):
+            with self._lock:
+                lost = sorted(t for t, (n, _) in self._running.items() if n == nid)
+                for t in lost:
+                    self._release_running(t)
+                self._used.pop(nid, None)
+            self.events.emit(now, EventKind.NODE_REMOVED, None, nid, reason="worker left")
+            self.control.node_removed(nid, lost)
+            self.actors.node_removed(nid)
+        for nid in sorted(set(seen) & set(old)):
+            if seen[nid][4] != old[nid][4]:
+                self.events.emit(now, EventKind.NODE_STATE, None, nid, state=seen[nid][4])
+
+    def _poll_loop(self) -> None:
+        while not self._closed:
+            time.sleep(self.poll_interval)
+            if self._closed:
+                break
+            try:
+                self.refresh_workers()
+                self._collect()
+            except Exception:  # noqa: BLE001 - scheduler gone for a moment
+                log.debug("polling the scheduler failed", exc_info=True)
+
+    def node_shapes(self) -> list[tuple[str, Resources, dict[str, str]]]:
+        """``(node id, total, labels)`` of every worker (for feasibility checks)."""
+        return [(n, t, lb) for n, (_, _, t, lb, _) in sorted(self._workers.items())]
+
+    def nodes(self) -> list[NodeInfo]:
+        """Every worker as a node, in id order; free = total - requests of running tasks."""
+        if self.role != "driver":
+            raise NotImplementedError("nodes() is only available in the driver")
+        out = []
+        with self._lock:
+            for nid in sorted(self._workers):
+                _, ntype, total, labels, state = self._workers[nid]
+                used = self._used.get(nid, {})
+                free = Resources._trusted({k: max(v - used.get(k, 0.0), 0.0)
+                                           for k, v in total.items()})
+                free = free - self.actors.held_on(nid, free)
+                out.append(NodeInfo(nid, ntype, total, free, labels, state))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """Backend, scheduler address, policy and autoscaler names."""
+        d: dict[str, Any] = {"backend": "dask", "address": self.client.scheduler.address}
+        if self.role == "driver":
+            d.update(self.control.describe())
+        return d
+
+    def scale(self, node_type: str | None = None, count: int | None = None) -> None:
+        """Set the number of workers of ``node_type`` (needs a dask cluster manager)."""
+        self.control.scale(node_type, count)
+
+    # ------------------------------------------------------------------ lifecycle
+    def shutdown(self) -> None:
+        """Stop threads, fail pending refs with ``RuntimeShutdownError``, close what we own."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._cond:
+            self._cond.notify_all()
+        if self.role == "worker":
+            return
+        self.control.stop()
+        try:
+            self.client.unsubscribe_topic(_remote.TOPIC)
+        except Exception:  # noqa: BLE001 - client already closed
+            pass
+        pending = [tid for tid, f in self._futs.items() if not f.done()]
+        pending += [tid for tid, t in self._tasks.items() if not t.placed]
+        for tid in pending:
+            self._errors.setdefault(tid, RuntimeShutdownError(
+                f"the runtime was shut down before task {tid} finished"))
+        futs = [f for f in self._futs.values() if not f.done()]
+        try:
+            if futs:
+                self.client.cancel(futs, force=True)
+        except Exception:  # noqa: BLE001 - scheduler gone
+            pass
+        self.actors.shutdown()
+        if self._poller.is_alive():
+            self._poller.join(timeout=2 * self.poll_interval + 1)
+        if self._owns_client:
+            try:
+                self.client.close(timeout=10)
+            except Exception:  # noqa: BLE001 - already closed
+                pass
+        if self._owns_cluster and self._cluster is not None:
+            try:
+                self._cluster.close(timeout=20)
+            except Exception:  # noqa: BLE001 - already closed
+                pass
+        self.log.detach()
+
+
+class _Failed:
+    """Stands in for an argument whose ref already failed (the task must not run)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error

@@ -1,0 +1,1033 @@
+"""The local backend's driver: scheduling, the object table, and the one reader thread.
+
+Who does what:
+- the *submitting thread* (user code) registers a task and, when a slot is free,
+  places and sends it at once (no hop through another thread);
+- the *reader thread* waits on every worker connection with
+  ``multiprocessing.connection.wait``, folds results in, answers nested requests,
+  notices a dead worker at once (its pipe closes) and dispatches the next tasks;
+- both mutate state only under ``self._lock``.
+Placement goes through the scheduling policy on a :class:`NodeIndex`; every
+decision is checked with ``check_placement`` before it is acted on.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import wait as mp_wait
+from typing import Any
+
+import cloudpickle
+
+from runtime import refs as _refs
+from runtime.autoscaling import get_autoscaler
+from runtime.backends.base import ActorSpec, Backend, TaskSpec
+from runtime.backends.local import store
+from runtime.backends.local.actors import ActorsMixin
+from runtime.backends.local.pool import WorkerProc, spawn_worker
+from runtime.backends.local.protocol import error_from_record, loads, sys_error_record
+from runtime.cluster_spec import node_types_by_name, parse_nodes
+from runtime.errors import (
+    GetTimeoutError,
+    ObjectLostError,
+    PolicyError,
+    RuntimeShutdownError,
+    TaskCancelledError,
+    WorkerCrashedError,
+)
+from runtime.events import EventKind as K
+from runtime.policies import NodeIndex, Place, Preempt, get_policy
+from runtime.policies.base import NodeInfo, TaskInfo, check_feasible, check_placement
+from runtime.refs import ObjectRef
+from runtime.resources import EPSILON, Resources
+from runtime.serialization import check_call_args
+
+__all__ = ["LocalBackend"]
+
+_PENDING, _OK, _ERR = 0, 1, 2
+_EMPTY_ARGS = store.serialize(((), {}), 0)
+_WINDOW_CAP = 256  # most tasks of one shape shown to the policy per pass
+
+
+class _Obj:
+    __slots__ = ("state", "blob", "waiters", "callbacks", "dependents", "refs", "pins",
+                 "escaped", "unwanted")
+
+    def __init__(self) -> None:
+        self.state = _PENDING
+        self.blob: Any = None
+        self.waiters: list[_Waiter] | None = None
+        self.callbacks: list[Callable[[], None]] | None = None
+        self.dependents: list[Any] | None = None
+        self.refs = 0
+        self.pins = 0
+        self.escaped = False
+        self.unwanted = False
+
+
+class _Waiter:
+    __slots__ = ("left", "fire", "fired")
+
+    def __init__(self, left: int, fire: Callable[[], None]) -> None:
+        self.left = left
+        self.fire = fire
+        self.fired = False
+
+    def hit(self) -> None:
+        self.left -= 1
+        if self.left <= 0 and not self.fired:
+            self.fired = True
+            self.fire()
+
+
+class _Task:
+    __slots__ = ("id", "name", "fn_id", "args", "deps", "missing", "info", "max_retries",
+                 "retry_exceptions", "attempt", "state", "worker", "node", "cancelled", "lent",
+                 "actor", "method", "shape")
+
+    def __init__(self, tid: int, name: str, fn_id: int, args: Any, deps: list[int],
+                 info: TaskInfo | None, max_retries: int, retry_exceptions: Any) -> None:
+        self.id = tid
+        self.name = name
+        self.fn_id = fn_id
+        self.args = args
+        self.deps = deps
+        self.missing = 0
+        self.info = info
+        self.max_retries = max_retries
+        self.retry_exceptions = retry_exceptions
+        self.attempt = 0
+        self.state = "waiting"  # waiting -> ready -> running -> done
+        self.worker: WorkerProc | None = None
+        self.node: str | None = None
+        self.cancelled = False
+        self.lent: Resources | None = None
+        self.actor: Any = None
+        self.method = ""
+        self.shape: Any = None
+
+
+class LocalBackend(ActorsMixin, Backend):
+    """Worker processes on this machine, one or several virtual nodes, no server."""
+
+    kind = "local"
+
+    def __init__(self, *, num_cpus: float | None = None, num_gpus: float | None = None,
+                 resources: Any = None, nodes: Any = None, policy: Any = None,
+                 autoscaler: Any = None, node_types: Any = None, speeds: Any = None) -> None:
+        super().__init__()
+        groups = parse_nodes(nodes, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
+        self.policy = get_policy(policy)
+        self.autoscaler = get_autoscaler(autoscaler)
+        self._node_types = node_types_by_name(groups, node_types or ())
+        self._t0 = time.monotonic()
+        self._pid = os.getpid()
+        self.index = NodeIndex(speeds, clock=self.now)
+        self._lock = threading.RLock()
+        self._closed = False
+        self._objs: dict[int, _Obj] = {}
+        self._tasks: dict[int, _Task] = {}  # not yet done (any state)
+        self._shapes: dict[Any, dict[int, _Task]] = {}  # ready, by (request, accelerator)
+        self._unblock: collections.deque[_Task] = collections.deque()
+        self._idle: dict[str, list[WorkerProc]] = {}
+        self._workers: dict[Any, WorkerProc] = {}  # by connection
+        self._conn_list: list[Any] = []
+        self._fn_by_obj: dict[int, tuple[Any, int, bytes]] = {}
+        self._fn_bytes: dict[int, bytes] = {}
+        self._fn_by_bytes: dict[bytes, int] = {}
+        self._fn_ids = itertools.count(1)
+        self._feasible: set[Any] = set()
+        self._rc_q: collections.deque[int] = collections.deque()
+        self._node_seq: dict[str, int] = {}
+        self._segments: set[str] = set()
+        self._init_actors()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        for g in groups:
+            for _ in range(g.count):
+                self._add_node(g.node_type)
+        self._reader = threading.Thread(target=self._read_loop, name="nbcluster-local-reader",
+                                        daemon=True)
+        self._reader.start()
+        _refs._pickle_hook = self._escaped
+
+    # ------------------------------------------------------------------ nodes
+    def _add_node(self, nt: Any) -> str:
+        i = self._node_seq.get(nt.name, 0)
+        self._node_seq[nt.name] = i + 1
+        nid = f"{nt.name}-{i}"
+        self.index.add_node(nid, nt.name, nt.resources, nt.labels, "up", nt.cost_per_hour)
+        self._idle[nid] = []
+        self._feasible.clear()
+        self.events.emit(self.now(), K.NODE_ADDED, None, nid, node_type=nt.name,
+                         total=nt.resources.to_dict(), labels=dict(nt.labels), state="up")
+        for _ in range(self._base_workers(nid)):
+            self._idle[nid].append(self._spawn(nid))
+        return nid
+
+    def _base_workers(self, nid: str) -> int:
+        return max(1, math.ceil(self.index.node(nid).total.get("CPU", 0.0) - EPSILON))
+
+    def _spawn(self, nid: str) -> WorkerProc:
+        w = spawn_worker(nid, self._t0)
+        self._workers[w.conn] = w
+        self._conn_list = [*self._workers]
+        self._wake()
+        return w
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def nodes(self) -> list[NodeInfo]:
+        """Every virtual node, in id order."""
+        with self._lock:
+            return self.index.nodes()
+
+    def now(self) -> float:
+        """Seconds since ``init``."""
+        return time.monotonic() - self._t0
+
+    def sleep(self, seconds: float) -> None:
+        """Real sleep."""
+        time.sleep(seconds)
+
+    def describe(self) -> dict[str, Any]:
+        """Backend, node and worker counts, policy."""
+        return {"backend": "local", "nodes": len(self.index), "workers": len(self._workers),
+                "policy": getattr(self.policy, "name", type(self.policy).__name__)}
+
+    # ---------------------------------------------------------------- objects
+    def _ref_created(self, oid: int) -> None:
+        self._rc_q.append(oid)
+
+    def _ref_deleted(self, oid: int) -> None:
+        self._rc_q.append(-oid)
+
+    def _escaped(self, oid: int) -> None:
+        o = self._objs.get(oid)
+        if o is not None:
+            o.escaped = True
+
+    def _drain_refcounts(self) -> None:
+        q = self._rc_q
+        objs = self._objs
+        while q:
+            oid = q.popleft()
+            o = objs.get(abs(oid))
+            if o is None:
+                continue
+            if oid > 0:
+                o.refs += 1
+            else:
+                o.refs -= 1
+                if o.refs <= 0:
+                    self._maybe_free(abs(oid), o)
+
+    def _maybe_free(self, oid: int, o: _Obj) -> None:
+        if o.refs > 0 or o.pins > 0 or o.escaped:
+            return
+        if o.state == _PENDING:
+            o.unwanted = True
+            return
+        del self._objs[oid]
+        self._drop_blob(o.blob)
+
+    def _drop_blob(self, blob: Any) -> None:
+        if blob is not None and blob[2] is not None:
+            name = blob[2][0]
+            self._segments.discard(name)
+            store.unlink(name)
+
+    def _track(self, blob: Any) -> Any:
+        if blob[2] is not None:
+            self._segments.add(blob[2][0])
+        return blob
+
+    def _complete(self, oid: int, state: int, blob: Any) -> None:
+        """Settle an object (under the lock): wake waiters, run callbacks, release dependents."""
+        o = self._objs.get(oid)
+        self._tasks.pop(oid, None)
+        if o is None or o.state != _PENDING:
+            self._drop_blob(blob)
+            return
+        o.state, o.blob = state, self._track(blob)
+        if o.waiters:
+            ws, o.waiters = o.waiters, None
+            for w in ws:
+                w.hit()
+        if o.dependents:
+            deps, o.dependents = o.dependents, None
+            for t in deps:
+                self._dep_done(t, o)
+        if o.callbacks:
+            cbs, o.callbacks = o.callbacks, None
+            for cb in cbs:
+                try:
+                    cb()
+                except Exception:  # noqa: BLE001 - a callback must not break the runtime
+                    pass
+        if o.unwanted:
+            self._maybe_free(oid, o)
+
+    def _fail(self, oid: int, exc: BaseException) -> None:
+        self._complete(oid, _ERR, sys_error_record(exc, self._pid))
+
+    def put(self, value: Any) -> ObjectRef:
+        """Pickle once (big buffers into shared memory) and keep it in the driver."""
+        blob = store.serialize(value, self._pid)
+        with self._lock:
+            self._check_open()
+            oid = self.next_id()
+            o = self._objs[oid] = _Obj()
+            o.state, o.blob = _OK, self._track(blob)
+        return ObjectRef(oid, self)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeShutdownError("the local cluster was shut down; call runtime.init()")
+
+    def _value(self, oid: int) -> Any:
+        o = self._objs.get(oid)
+        if o is None:
+            raise ObjectLostError(f"object {oid} is not known to this cluster (freed, or from "
+                                  f"another runtime session)")
+        if o.state == _OK:
+            return store.deserialize(o.blob)
+        raise error_from_record(o.blob)
+
+    def _watch(self, ids: Sequence[int], need: int, fire: Callable[[], None]) -> _Waiter | None:
+        """Register ``fire`` for when ``need`` of ``ids`` are done (None: already are)."""
+        pend = [self._objs[i] for i in ids if i in self._objs and self._objs[i].state == _PENDING]
+        done = len(ids) - len(pend)
+        if done >= need:
+            return None
+        w = _Waiter(need - done, fire)
+        for o in pend:
+            if o.waiters is None:
+                o.waiters = [w]
+            else:
+                o.waiters.append(w)
+        return w
+
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
+        """Values in order; the first error (in ref order) is raised."""
+        objs = self._objs
+        ids = [r.id for r in refs]
+        if not all((o := objs.get(i)) is not None and o.state for i in ids):
+            ev = threading.Event()
+            with self._lock:
+                self._drain_refcounts()
+                if self._closed and any(i in objs and objs[i].state == _PENDING for i in ids):
+                    raise RuntimeShutdownError("the local cluster was shut down")
+                w = self._watch(ids, len(ids), ev.set)
+            if w is not None and not ev.wait(timeout):
+                with self._lock:
+                    w.fired = True
+                if not ev.is_set():
+                    raise GetTimeoutError(f"get() timed out after {timeout} s; "
+                                          f"{w.left} of {len(ids)} object(s) not ready "
+                                          f"(the tasks keep running)")
+        return [self._value(i) for i in ids]
+
+    def wait(self, refs: Sequence[ObjectRef], num_returns: int,
+             timeout: float | None) -> list[int]:
+        """Indexes of done refs once ``num_returns`` are, or when time runs out."""
+        ids = [r.id for r in refs]
+        if timeout is None or timeout > 0:
+            ev = threading.Event()
+            with self._lock:
+                w = self._watch(ids, num_returns, ev.set)
+            if w is not None:
+                ev.wait(timeout)
+                with self._lock:
+                    w.fired = True
+        objs = self._objs
+        done = [i for i, oid in enumerate(ids) if (o := objs.get(oid)) is None or o.state]
+        return done[:num_returns]
+
+    def done(self, ref: ObjectRef) -> bool:
+        """Whether the object is settled."""
+        o = self._objs.get(ref.id)
+        return o is None or o.state != _PENDING
+
+    def add_done_callback(self, ref: ObjectRef, fn: Callable[[ObjectRef], None]) -> None:
+        """Call ``fn(ref)`` when settled (now, in this thread, when it already is)."""
+        with self._lock:
+            o = self._objs.get(ref.id)
+            if o is not None and o.state == _PENDING:
+                cb = (lambda: fn(ref))
+                if o.callbacks is None:
+                    o.callbacks = [cb]
+                else:
+                    o.callbacks.append(cb)
+                return
+        fn(ref)
+
+    # ------------------------------------------------------------------ tasks
+    def _fn_id(self, fn: Any) -> int:
+        entry = self._fn_by_obj.get(id(fn))
+        if entry is not None and entry[0] is fn:
+            return entry[1]
+        data = cloudpickle.dumps(fn, protocol=5)
+        fid = self._register_fn(data)
+        self._fn_by_obj[id(fn)] = (fn, fid, data)
+        return fid
+
+    def _register_fn(self, data: bytes) -> int:
+        fid = self._fn_by_bytes.get(data)
+        if fid is None:
+            fid = next(self._fn_ids)
+            self._fn_by_bytes[data] = fid
+            self._fn_bytes[fid] = data
+        return fid
+
+    def _pack(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, list[int]]:
+        if not args and not kwargs:
+            return _EMPTY_ARGS, []
+        deps = [a.id for a in args if type(a) is ObjectRef]
+        if kwargs:
+            deps += [a.id for a in kwargs.values() if type(a) is ObjectRef]
+        try:
+            blob = store.serialize((args, kwargs), self._pid)
+        except Exception:
+            check_call_args(name, args, kwargs)
+            raise
+        return blob, deps
+
+    def _feasible_check(self, info: TaskInfo) -> None:
+        key = (info.request, info.accelerator_type)
+        if key in self._feasible:
+            return
+        types = [] if getattr(self.autoscaler, "name", "none") == "none" else \
+            [nt.shape() for nt in self._node_types.values()]
+        check_feasible(info, self.index.shapes(), types)
+        self._feasible.add(key)
+
+    def submit(self, spec: TaskSpec) -> ObjectRef:
+        """Queue a task; infeasible requests and unpicklable arguments raise here."""
+        self._check_open()
+        fid = self._fn_id(spec.func)
+        blob, deps = self._pack(spec.name, spec.args, spec.kwargs)
+        with self._lock:
+            self._check_open()
+            tid = self.next_id()
+            info = spec.info(tid, self.now())
+            self._feasible_check(info)
+            t = _Task(tid, spec.name, fid, blob, deps, info, spec.max_retries,
+                      spec.retry_exceptions)
+            self._register(t)
+        return ObjectRef(tid, self, spec.name)
+
+    def _submit_remote(self, fn_id: int, fn_bytes: bytes | None, blob: Any, deps: list[int],
+                       meta: bytes) -> tuple[int, int]:
+        """A task submitted from inside a worker (under the lock)."""
+        name, options, request, max_retries, retry_exc = cloudpickle.loads(meta)
+        if fn_bytes is not None:
+            fn_id = self._register_fn(fn_bytes)
+        tid = self.next_id()
+        spec = TaskSpec(None, (), {}, name, options, request)  # type: ignore[arg-type]
+        info = spec.info(tid, self.now())
+        self._feasible_check(info)
+        t = _Task(tid, name, fn_id, self._track(blob), deps, info, max_retries, retry_exc)
+        self._register(t)
+        self._objs[tid].escaped = True  # its refs live in a worker
+        return tid, fn_id
+
+    def _register(self, t: _Task) -> None:
+        tid = t.id
+        self._objs[tid] = _Obj()
+        self._tasks[tid] = t
+        info = t.info
+        self.events.emit(info.submitted_at, K.TASK_SUBMITTED, tid, None, name=t.name,
+                         resources=info.request.to_dict(), tenant=info.tenant)
+        if t.args[2] is not None:
+            self._segments.add(t.args[2][0])
+        self._resolve_deps(t)
+
+    def _resolve_deps(self, t: _Task) -> None:
+        failed = None
+        for d in t.deps:
+            o = self._objs.get(d)
+            if o is None:
+                failed = ("lost", d)
+                continue
+            o.pins += 1
+            if o.state == _PENDING:
+                t.missing += 1
+                if o.dependents is None:
+                    o.dependents = [t]
+                else:
+                    o.dependents.append(t)
+            elif o.state == _ERR and failed is None:
+                failed = o.blob
+        if failed is not None:
+            self._fail_without_running(t, failed)
+        elif t.missing == 0:
+            self._make_ready(t)
+
+    def _fail_without_running(self, t: _Task, why: Any) -> None:
+        if isinstance(why, tuple) and why and why[0] == "lost":
+            blob = sys_error_record(ObjectLostError(f"object {why[1]} (an argument of "
+                                                    f"{t.name!r}) is gone"), self._pid)
+        else:
+            blob = why
+        self.events.emit(self.now(), K.TASK_FAILED, t.id, None, name=t.name,
+                         error="dependency", reason="a dependency failed")
+        self._finish(t, _ERR, (blob[0], blob[1], None))
+
+    def _dep_done(self, t: _Task, o: _Obj) -> None:
+        if t.state != "waiting":
+            return
+        if o.state == _ERR:
+            t.state = "failing"
+            self._fail_without_running(t, o.blob)
+            return
+        t.missing -= 1
+        if t.missing == 0:
+            if t.actor is not None:
+                self._actor_flush(t.actor)
+            else:
+                self._make_ready(t)
+
+    def _make_ready(self, t: _Task) -> None:
+        if t.actor is not None:
+            return
+        t.state = "ready"
+        key = t.shape or (t.info.request, t.info.accelerator_type)
+        t.shape = key
+        group = self._shapes.get(key)
+        if group is None:
+            group = self._shapes[key] = {}
+        group[t.id] = t
+        self._schedule()
+
+    def _finish(self, t: _Task, state: int, blob: Any) -> None:
+        """A task is over: unpin its deps, drop its argument segment, settle its object."""
+        t.state = "done"
+        if state == _ERR and t.method == "__actor__":
+            a = self._actors.get(t.id)
+            if a is not None and a.state == "pending":
+                self._actor_dead(a, f"it could not be created: {error_from_record(blob)}")
+        for d in t.deps:
+            o = self._objs.get(d)
+            if o is not None:
+                o.pins -= 1
+                if o.pins <= 0 and o.refs <= 0:
+                    self._maybe_free(d, o)
+        if t.args[2] is not None and t.method != "__actor__":
+            self._segments.discard(t.args[2][0])
+            store.unlink(t.args[2][0])
+        self._complete(t.id, state, blob)
+
+    # ------------------------------------------------------------- scheduling
+    def _capacity(self, request: Resources, accel: str | None, blocked: set[str]) -> int:
+        n = 0
+        for node in self.index.fitting(TaskInfo(0, "", request, accelerator_type=accel)):
+            if node.id in blocked:
+                continue
+            if not request:
+                return _WINDOW_CAP
+            n += int(min(node.free.get(k, 0.0) / v for k, v in request.items()) + EPSILON)
+            if n >= _WINDOW_CAP:
+                return _WINDOW_CAP
+        return n
+
+    def _schedule(self) -> None:
+        """Serve lenders waiting to unblock, then let the policy place ready tasks."""
+        if self._closed:
+            return
+        blocked: set[str] = set()
+        while self._unblock:
+            t = self._unblock[0]
+            if t.lent is not None and not t.lent.fits(self.index.node(t.node).free):
+                blocked = {x.node for x in self._unblock}
+                break
+            self._unblock.popleft()
+            self._resume(t)
+        if not self._shapes:
+            return
+        window: list[TaskInfo] = []
+        for (req, accel), group in self._shapes.items():
+            cap = self._capacity(req, accel, blocked)
+            if cap:
+                window.extend(t.info for t in itertools.islice(group.values(), cap))
+        if not window:
+            return
+        window.sort(key=lambda i: i.id)
+        try:
+            decisions = list(self.policy.schedule(window, self.index))
+        except Exception as exc:  # noqa: BLE001 - a broken policy fails the tasks it saw
+            pname = getattr(self.policy, "name", type(self.policy).__name__)
+            for info in window:
+                t = self._tasks.get(info.id)
+                if t is not None:
+                    self._unready(t)
+                    self._finish(t, _ERR, sys_error_record(PolicyError(
+                        f"policy {pname!r} raised while placing task {info.name!r} "
+                        f"(id {info.id}): {exc!r}"), self._pid))
+            return
+        for d in decisions:
+            if isinstance(d, Place):
+                t = self._tasks.get(d.task)
+                if t is None or t.state != "ready":
+                    continue
+                try:
+                    check_placement(self.policy, t.info, d.node, self.index)
+                except PolicyError as exc:
+                    self._unready(t)
+                    self._finish(t, _ERR, sys_error_record(exc, self._pid))
+                    continue
+                if d.node in blocked:
+                    continue
+                self._unready(t)
+                self._start(t, d.node)
+            elif isinstance(d, Preempt):
+                self._preempt(d)
+
+    def _unready(self, t: _Task) -> None:
+        group = self._shapes.get(t.shape)
+        if group is not None:
+            group.pop(t.id, None)
+            if not group:
+                del self._shapes[t.shape]
+
+    def _worker_for(self, nid: str) -> WorkerProc:
+        idle = self._idle[nid]
+        while idle:
+            w = idle.pop()
+            if not w.dead:
+                return w
+        return self._spawn(nid)
+
+    def _start(self, t: _Task, nid: str) -> None:
+        if t.actor is not None or t.method == "__actor__":
+            self._start_actor(t, nid)
+            return
+        self.index.allocate(t.info, nid)
+        w = self._worker_for(nid)
+        t.state, t.worker, t.node = "running", w, nid
+        t.attempt += 1
+        w.task = t
+        fn_bytes = None
+        if t.fn_id not in w.fns:
+            fn_bytes = self._fn_bytes[t.fn_id]
+            w.fns.add(t.fn_id)
+        deps = {d: self._objs[d].blob for d in t.deps} if t.deps else None
+        self.events.emit(self.now(), K.TASK_STARTED, t.id, nid, attempt=t.attempt,
+                         name=t.name, pid=w.pid)
+        if not w.send(("run", t.id, t.fn_id, fn_bytes, t.args, deps, t.name)):
+            self._on_death(w, "its connection was closed")
+
+    def _preempt(self, d: Preempt) -> None:
+        t = self._tasks.get(d.task)
+        if t is None or t.state != "running" or t.worker is None or t.actor is not None:
+            return
+        w = t.worker
+        self.events.emit(self.now(), K.TASK_PREEMPTED, t.id, t.node, reason=d.reason)
+        t.attempt -= 1  # a preemption does not use up a retry
+        t.max_retries = max(t.max_retries, t.attempt + 1) if t.max_retries != -1 else -1
+        w.kill()
+
+    def _release(self, t: _Task) -> None:
+        if t.lent is not None:
+            amount = t.info.request - t.lent
+            t.lent = None
+            self.index.release(t.id, amount)
+        else:
+            self.index.release(t.id)
+
+    def _idle_worker(self, w: WorkerProc) -> None:
+        w.task = None
+        if w.dead:
+            return
+        idle = self._idle.get(w.node)
+        if idle is None:
+            return
+        if len(idle) >= 2 * self._base_workers(w.node) + 2:
+            w.send(("exit",))
+            return
+        idle.append(w)
+
+    # ----------------------------------------------------------- reader thread
+    def _read_loop(self) -> None:
+        wake = self._wake_r
+        while not self._closed:
+            conns = self._conn_list
+            try:
+                ready = mp_wait([*conns, wake])
+            except (OSError, ValueError):
+                time.sleep(0.001)
+                continue
+            for c in ready:
+                if c == wake:
+                    try:
+                        os.read(wake, 4096)
+                    except OSError:
+                        pass
+                    continue
+                w = self._workers.get(c)
+                if w is None:
+                    continue
+                msgs = []
+                dead = False
+                try:
+                    msgs.append(c.recv_bytes())
+                    n = 1
+                    while n < 256 and c.poll(0):
+                        msgs.append(c.recv_bytes())
+                        n += 1
+                except (EOFError, OSError):
+                    dead = True
+                with self._lock:
+                    if self._closed:
+                        return
+                    self._drain_refcounts()
+                    for raw in msgs:
+                        m = loads(raw)
+                        if m[0] == "batch":
+                            for sub in m[1]:
+                                self._handle(w, sub)
+                        else:
+                            self._handle(w, m)
+                    if dead:
+                        self._on_death(w, "its process exited")
+
+    def _handle(self, w: WorkerProc, m: Any) -> None:
+        kind = m[0]
+        if kind == "done":
+            self._on_done(w, m[1], m[2], m[3])
+        elif kind == "out":
+            try:
+                self.on_output(m[1], m[2], m[3])
+            except Exception:  # noqa: BLE001 - output must never break the runtime
+                pass
+        elif kind == "req":
+            self._on_request(w, m[1], m[2], m[3])
+        elif kind == "abandon":
+            self._on_abandon(w, m[1])
+        elif kind == "cancelled":
+            t = self._tasks.get(m[1])
+            if t is not None:
+                self._on_cancelled(w, t)
+        elif kind == "actor_ready":
+            self._on_actor_ready(w, m[1], m[2], m[3])
+        elif kind == "hello":
+            pass
+
+    def _on_done(self, w: WorkerProc, tid: int, ok: bool, blob: Any) -> None:
+        t = self._tasks.get(tid)
+        if t is None or t.state == "done":
+            self._drop_blob(blob)
+            return
+        if t.actor is not None:
+            self._on_call_done(w, t, ok, blob)
+            return
+        self._release(t)
+        self._idle_worker(w)
+        if t.cancelled:
+            self._drop_blob(blob)
+            self._cancelled(t)
+        elif ok:
+            self.events.emit(self.now(), K.TASK_FINISHED, tid, t.node, name=t.name)
+            self._finish(t, _OK, blob)
+        elif self._retry_exception(t, blob):
+            self._drop_blob(blob)
+            self.events.emit(self.now(), K.TASK_RETRIED, tid, t.node, attempt=t.attempt,
+                             reason="exception")
+            t.state = "waiting"
+            self._make_ready(t)
+        else:
+            err = error_from_record(blob)
+            self.events.emit(self.now(), K.TASK_FAILED, tid, t.node, name=t.name,
+                             error=getattr(err, "cause_type", type(err).__name__),
+                             reason="exception")
+            self._finish(t, _ERR, blob)
+        self._schedule()
+
+    def _retry_exception(self, t: _Task, blob: Any) -> bool:
+        rex = t.retry_exceptions
+        if not rex or not (t.max_retries == -1 or t.attempt <= t.max_retries):
+            return False
+        err = error_from_record(blob)
+        cause = getattr(err, "cause", None)
+        if cause is None:
+            return False
+        return rex is True or isinstance(cause, tuple(rex))
+
+    def _on_cancelled(self, w: WorkerProc, t: _Task) -> None:
+        if t.actor is not None:
+            self._on_call_done(w, t, False, sys_error_record(
+                TaskCancelledError(t.name, t.id), self._pid))
+            return
+        self._release(t)
+        self._idle_worker(w)
+        self._cancelled(t)
+        self._schedule()
+
+    def _cancelled(self, t: _Task) -> None:
+        self.events.emit(self.now(), K.TASK_CANCELLED, t.id, t.node, name=t.name)
+        self._finish(t, _ERR, sys_error_record(TaskCancelledError(t.name, t.id), self._pid))
+
+    def _on_death(self, w: WorkerProc, why: str) -> None:
+        if w.dead:
+            return
+        w.dead = True
+        self._workers.pop(w.conn, None)
+        self._conn_list = [*self._workers]
+        threading.Thread(target=w.reap, daemon=True).start()
+        if self._closed:
+            return
+        self.events.emit(self.now(), K.WORKER_DIED, None, w.node, pid=w.pid, reason=why)
+        idle = self._idle.get(w.node)
+        if idle is not None and w in idle:
+            idle.remove(w)
+        if w.actor is not None:
+            self._on_actor_death(w, why)
+            self._schedule()
+            return
+        t, w.task = w.task, None
+        if t is not None and t.state == "running":
+            if t in self._unblock:
+                self._unblock.remove(t)
+            self._release(t)
+            if t.cancelled:
+                self._cancelled(t)
+            elif t.max_retries == -1 or t.attempt <= t.max_retries:
+                self.events.emit(self.now(), K.TASK_RETRIED, t.id, t.node, attempt=t.attempt,
+                                 reason=f"worker {w.label} died")
+                t.state, t.worker = "waiting", None
+                self._make_ready(t)
+            else:
+                self.events.emit(self.now(), K.TASK_FAILED, t.id, t.node, name=t.name,
+                                 error="WorkerCrashedError", reason=f"worker {w.label} died")
+                self._finish(t, _ERR, sys_error_record(WorkerCrashedError(
+                    t.name, t.id, t.attempt, w.label, why), self._pid))
+        self._schedule()
+
+    # -------------------------------------------------------- nested requests
+    def _reply(self, w: WorkerProc, req_id: int, payload: Any) -> None:
+        if not w.send(("reply", req_id, payload)):
+            self._on_death(w, "its connection was closed")
+
+    def _on_request(self, w: WorkerProc, req_id: int, kind: str, p: Any) -> None:
+        try:
+            if kind in ("get", "wait"):
+                self._blocking_request(w, req_id, kind, p)
+                return
+            if kind == "submit":
+                out: Any = self._submit_remote(*p)
+            elif kind == "put":
+                out = self.next_id()
+                o = self._objs[out] = _Obj()
+                o.state, o.blob, o.escaped = _OK, self._track(p), True
+            elif kind == "done":
+                o = self._objs.get(p)
+                out = o is None or o.state != _PENDING
+            elif kind == "cancel":
+                out = self._cancel_locked(p[0], p[1])
+            elif kind == "create_actor":
+                out = self._create_actor_remote(*p)
+            elif kind == "call_actor":
+                out = self._call_actor_locked(*p, escaped=True)
+            elif kind == "kill_actor":
+                self._kill_actor_locked(*p)
+                out = None
+            elif kind == "nodes":
+                out = self.index.nodes()
+            else:
+                raise ValueError(f"unknown request {kind!r}")
+        except Exception as exc:  # noqa: BLE001 - the error goes back to the task
+            out = ("error", sys_error_record(exc, self._pid))
+        self._reply(w, req_id, out)
+
+    def _blocking_request(self, w: WorkerProc, req_id: int, kind: str, p: Any) -> None:
+        ids = p[0]
+        need = len(ids) if kind == "get" else p[1]
+        if kind == "wait" and p[2] == 0:
+            need = 0
+
+        def ready() -> None:
+            t = w.task
+            w.blocked_req = None
+            if t is not None and t.lent is not None:
+                t.state = "resuming"
+                self._pending_reply[t.id] = (w, req_id, kind, p)
+                self._unblock.append(t)
+                if len(self._unblock) == 1 and t.lent.fits(self.index.node(t.node).free):
+                    self._unblock.popleft()
+                    self._resume(t)
+            else:
+                self._send_result(w, req_id, kind, p)
+
+        waiter = None if need == 0 else self._watch(ids, need, ready)
+        if waiter is None:
+            self._send_result(w, req_id, kind, p)
+            return
+        w.blocked_req = (req_id, kind, p, waiter)
+        t = w.task
+        if t is not None and t.info is not None:
+            cpu = t.info.request.get("CPU", 0.0)
+            if cpu > 0:
+                t.lent = Resources._trusted({"CPU": cpu})
+                self.index.release(t.id, t.lent, keep_running=True)
+            self.events.emit(self.now(), K.TASK_BLOCKED, t.id, t.node)
+            self._schedule()
+
+    def _send_result(self, w: WorkerProc, req_id: int, kind: str, p: Any) -> None:
+        objs = self._objs
+        if kind == "get":
+            out = []
+            for i in p[0]:
+                o = objs.get(i)
+                if o is None:
+                    out.append((False, sys_error_record(ObjectLostError(f"object {i} is gone"),
+                                                        self._pid)))
+                else:
+                    out.append((o.state == _OK, o.blob))
+        else:
+            out = [k for k, i in enumerate(p[0]) if (o := objs.get(i)) is None or o.state]
+            out = out[: p[1]]
+        self._reply(w, req_id, out)
+
+    def _resume(self, t: _Task) -> None:
+        """A lender's objects are ready and its CPU is free again: take it back, reply."""
+        if t.lent is not None:
+            self.index.reacquire(t.id, t.lent)
+            t.lent = None
+        t.state = "running"
+        self.events.emit(self.now(), K.TASK_UNBLOCKED, t.id, t.node)
+        entry = self._pending_reply.pop(t.id, None)
+        if entry is not None:
+            self._send_result(*entry)
+
+    def _on_abandon(self, w: WorkerProc, req_id: int) -> None:
+        t = w.task
+        if w.blocked_req is not None and w.blocked_req[0] == req_id:
+            w.blocked_req[3].fired = True  # its waiter may still be hit: make that a no-op
+            w.blocked_req = None
+            if t is not None and t.lent is not None:
+                t.state = "resuming"
+                self._pending_reply[t.id] = (w, req_id, "timeout", None)
+                self._unblock.append(t)
+                self._schedule()
+                return
+            self._reply(w, req_id, ("timeout",))
+            return
+        if t is not None and t.id in self._pending_reply and \
+                self._pending_reply[t.id][1] == req_id:
+            return  # a reply is already on its way, once the CPU is back
+        # the reply was already sent: the worker will read it
+
+    # ---------------------------------------------------------------- cancel
+    def cancel(self, ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> bool:
+        """Pending: never runs. Running: SIGINT (``force``: SIGKILL the worker)."""
+        with self._lock:
+            return self._cancel_locked(ref.id, force)
+
+    def _cancel_locked(self, tid: int, force: bool) -> bool:
+        t = self._tasks.get(tid)
+        if t is None or t.state == "done":
+            return False
+        if t.actor is not None:
+            return self._cancel_call(t)
+        if t.state in ("waiting", "ready"):
+            self._unready(t)
+            self._cancelled(t)
+            return True
+        t.cancelled = True
+        w = t.worker
+        if w is not None:
+            if not force:
+                w.send(("cancel", tid))
+            w.kill(signal.SIGKILL if force else signal.SIGINT)
+        return True
+
+    # ----------------------------------------------------------------- output
+    def on_output(self, task_id: int | None, stream: str, text: str) -> None:
+        """Where a task's ``print`` goes: replace to route it (e.g. to a notebook cell).
+
+        The default writes each line to the driver's stdout/stderr prefixed like
+        Ray does: ``(name pid=123) text``.
+        """
+        t = self._tasks.get(task_id) if task_id is not None else None
+        name = t.name if t is not None else "worker"
+        pid = t.worker.pid if t is not None and t.worker is not None else "?"
+        if t is not None and t.actor is not None:
+            pid = t.actor.worker.pid if t.actor.worker is not None else "?"
+        prefix = f"({name} pid={pid}) "
+        out = sys.stderr if stream == "stderr" else sys.stdout
+        lines = text.splitlines(keepends=True)
+        out.write("".join(prefix + ln if ln.endswith("\n") else prefix + ln + "\n"
+                          for ln in lines))
+        try:
+            out.flush()
+        except Exception:  # noqa: BLE001
+            pass
+
+    # -------------------------------------------------------------- shutdown
+    def shutdown(self) -> None:
+        """Kill every worker (checked by pid), fail pending refs, unlink shared memory."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if _refs._pickle_hook == self._escaped:
+                _refs._pickle_hook = None
+            workers = list(self._workers.values())
+            self._workers.clear()
+            self._conn_list = []
+            err = RuntimeShutdownError("the local cluster was shut down while this was pending")
+            for tid in list(self._tasks):
+                self._fail(tid, err)
+            self._tasks.clear()
+            self._shapes.clear()
+        self._wake()
+        for w in workers:
+            w.send(("exit",))
+        deadline = time.monotonic() + 0.5
+        for w in workers:
+            try:
+                w.proc.wait(max(0.0, deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001 - TimeoutExpired: killed below
+                w.kill()
+        for w in workers:
+            w.reap(2.0)
+        self._reader.join(2.0)
+        with self._lock:
+            for name in list(self._segments):
+                store.unlink(name)
+            self._segments.clear()
+            for o in self._objs.values():
+                o.blob = None if o.state == _OK else o.blob
+        store.sweep(self._pid)
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the live worker processes (tasks and actors)."""
+        with self._lock:
+            return sorted(w.pid for w in self._workers.values())
+
+    # ------------------------------------------------------------------ actors
+    def create_actor(self, spec: ActorSpec) -> int:
+        """Place the actor through the policy, then start its dedicated process."""
+        self._check_open()
+        blob, deps = self._pack(spec.name, spec.args, spec.kwargs)
+        cls_bytes = cloudpickle.dumps(spec.cls, protocol=5)
+        with self._lock:
+            self._check_open()
+            return self._new_actor(spec, cls_bytes, blob, deps)

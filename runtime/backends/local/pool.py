@@ -1,0 +1,100 @@
+"""Worker processes of the local backend: how they start, and the driver's record of each.
+
+Workers are started with ``subprocess`` (fork+exec of a fresh interpreter, never a
+bare fork of a kernel that has threads), each with one end of a socketpair as
+its connection, in its own session (a terminal Ctrl-C does not reach them). The
+parent's ``sys.path`` and working directory travel in the first message, so
+modules a notebook can import, workers can import too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from multiprocessing.connection import Connection
+from typing import Any
+
+import runtime
+from runtime.backends.local.protocol import dumps
+
+__all__ = ["WorkerProc", "spawn_worker"]
+
+_BOOT = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import sys; "
+         "from runtime.backends.local.worker import main; main(int(sys.argv[1]))")
+_RUNTIME_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(runtime.__file__)))
+
+
+class WorkerProc:
+    """The driver's record of one worker process."""
+
+    __slots__ = ("proc", "conn", "pid", "node", "task", "actor", "fns", "dead", "label",
+                 "blocked_req", "idle_since")
+
+    def __init__(self, proc: subprocess.Popen[bytes], conn: Connection, node: str) -> None:
+        self.proc = proc
+        self.conn = conn
+        self.pid = proc.pid
+        self.node = node
+        self.task: Any = None  # the running _Task (plain workers)
+        self.actor: Any = None  # the _Actor this process serves (actor workers)
+        self.fns: set[int] = set()  # function ids already sent here
+        self.dead = False
+        self.label = f"{node}/pid {proc.pid}"
+        self.blocked_req: Any = None
+        self.idle_since = 0.0
+
+    def send(self, msg: Any) -> bool:
+        """Send one message; False when the worker is gone."""
+        try:
+            self.conn.send_bytes(dumps(msg))
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the process (no error when it is already gone)."""
+        try:
+            os.kill(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def reap(self, timeout: float = 1.0) -> None:
+        """Wait for the process to exit (killing it after ``timeout``) and close the pipe."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            try:
+                self.proc.wait(2.0)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+    def __repr__(self) -> str:
+        return f"WorkerProc({self.label})"
+
+
+def spawn_worker(node: str, t0: float) -> WorkerProc:
+    """Start one worker process for ``node`` and send it its first message."""
+    parent, child = socket.socketpair()
+    env = dict(os.environ)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = _RUNTIME_ROOT + (os.pathsep + path if path else "")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _BOOT, str(child.fileno())],
+            pass_fds=(child.fileno(),), start_new_session=True, env=env,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        child.close()
+    conn = Connection(parent.detach())
+    w = WorkerProc(proc, conn, node)
+    w.send(("init", os.getpid(), list(sys.path), os.getcwd(), node, t0, os.getpid()))
+    return w

@@ -1,0 +1,342 @@
+"""The worker process: runs tasks (or one actor) sent by the local driver.
+
+Started by the driver as ``python -c "...worker import main; main(fd)"`` with one
+end of a socketpair. It imports only the runtime and cloudpickle, caches each
+function after its first send, runs one task at a time, forwards ``print``
+output tagged with the task id, and installs a :class:`~.client.ClientBackend`
+so tasks can submit tasks, ``get`` and ``wait`` through the driver (nested
+parallelism). SIGINT interrupts the running task (that is how ``cancel`` works);
+it is ignored between tasks. The process exits when the driver's end closes.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import cloudpickle
+
+from runtime.backends.local.protocol import dumps, loads, task_error_record
+from runtime.backends.local.store import deserialize, serialize
+from runtime.errors import SerializationError
+from runtime.refs import ObjectRef
+
+__all__ = ["Channel", "main"]
+
+
+class Channel:
+    """The worker's end of the connection: batched sends, buffered receives, requests."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.outbox: list[Any] = []
+        self.pending: collections.deque[Any] = collections.deque()
+        self.send_lock = threading.Lock()
+        self.req_lock = threading.RLock()
+        self._req_ids = iter(range(1, 1 << 62))
+
+    def post(self, msg: Any) -> None:
+        """Queue a message; it goes out at the next :meth:`flush`."""
+        with self.send_lock:
+            self.outbox.append(msg)
+            if len(self.outbox) >= 64:
+                self._flush_locked()
+
+    def send(self, msg: Any) -> None:
+        """Send at once (after anything queued)."""
+        with self.send_lock:
+            self.outbox.append(msg)
+            self._flush_locked()
+
+    def flush(self) -> None:
+        """Send everything queued, as one batch."""
+        with self.send_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        box = self.outbox
+        if not box:
+            return
+        self.outbox = []
+        self.conn.send_bytes(dumps(box[0] if len(box) == 1 else ("batch", box)))
+
+    def _recv_one(self) -> None:
+        msg = loads(self.conn.recv_bytes())
+        if msg[0] == "batch":
+            self.pending.extend(msg[1])
+        else:
+            self.pending.append(msg)
+
+    def next_message(self) -> Any:
+        """The next message from the driver (flushing our outbox before blocking)."""
+        if not self.pending:
+            if self.outbox and not self.conn.poll(0):
+                self.flush()
+            self._recv_one()
+        return self.pending.popleft()
+
+    def request(self, kind: str, payload: Any, timeout: float | None = None) -> Any:
+        """Ask the driver and wait for its reply; other messages are kept for later.
+
+        On timeout or interrupt the request is abandoned: the driver answers it at
+        once (``("timeout",)``) and stops treating this task as blocked.
+        """
+        with self.req_lock:
+            req_id = next(self._req_ids)
+            self.send(("req", req_id, kind, payload))
+            deadline = None if timeout is None else time.monotonic() + timeout
+            abandoned = False
+            try:
+                while True:
+                    for i, msg in enumerate(self.pending):
+                        if msg[0] == "reply" and msg[1] == req_id:
+                            del self.pending[i]
+                            return msg[2]
+                    if deadline is not None and not abandoned:
+                        left = deadline - time.monotonic()
+                        if left <= 0 or not self.conn.poll(left):
+                            abandoned = True
+                            self.send(("abandon", req_id))
+                            continue
+                    self._recv_one()
+            except BaseException:
+                if not abandoned:  # interrupted (cancel): withdraw, then re-raise
+                    self.send(("abandon", req_id))
+                    while True:
+                        self._recv_one()
+                        msg = self.pending[-1]
+                        if msg[0] == "reply" and msg[1] == req_id:
+                            self.pending.pop()
+                            break
+                raise
+
+
+class _Output:
+    """A text stream that forwards whole lines to the driver, tagged with the task id."""
+
+    encoding = "utf-8"
+    errors = "replace"
+
+    def __init__(self, chan: Channel, name: str, state: _State) -> None:
+        self._chan = chan
+        self._name = name
+        self._state = state
+        self._buf = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        with self._lock:
+            self._buf += text
+            if "\n" in self._buf:
+                head, _, self._buf = self._buf.rpartition("\n")
+                self._chan.send(("out", self._state.task_id, self._name, head + "\n"))
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._buf:
+                text, self._buf = self._buf, ""
+                self._chan.send(("out", self._state.task_id, self._name, text))
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        raise OSError("forwarded stream has no file descriptor")
+
+
+class _State:
+    __slots__ = ("task_id", "running", "node", "owner", "fns", "actor", "actor_id")
+
+    def __init__(self) -> None:
+        self.task_id: int | None = None
+        self.running = False
+        self.node = "?"
+        self.owner = 0
+        self.fns: dict[int, Any] = {}
+        self.actor: Any = None
+        self.actor_id: int | None = None
+
+
+def _on_sigint(state: _State) -> Any:
+    def handler(signum: int, frame: Any) -> None:
+        if state.running:
+            raise KeyboardInterrupt("task cancelled")
+
+    return handler
+
+
+def _watch_parent(ppid: int) -> None:
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != ppid:
+            os._exit(3)
+
+
+def _resolve(args_blob: Any, deps: dict[int, Any]) -> tuple[list[Any], dict[str, Any]]:
+    args, kwargs = deserialize(args_blob)
+    args = list(args)
+    if deps:
+        values = {k: deserialize(b) for k, b in deps.items()}
+        for i, a in enumerate(args):
+            if isinstance(a, ObjectRef) and a.id in values:
+                args[i] = values[a.id]
+        for k, a in kwargs.items():
+            if isinstance(a, ObjectRef) and a.id in values:
+                kwargs[k] = values[a.id]
+    return args, kwargs
+
+
+def _run(chan: Channel, state: _State, tid: int, name: str, call: Any) -> None:
+    """Run ``call()`` as task ``tid`` and post its result, error or cancellation."""
+    state.task_id = tid
+    try:
+        state.running = True  # from here on a SIGINT interrupts this task
+        try:
+            _check_cancelled(chan, tid)
+            result = call()
+        finally:
+            state.running = False
+    except KeyboardInterrupt:
+        _flush_streams()
+        chan.post(("cancelled", tid))
+        return
+    except BaseException as exc:  # noqa: BLE001 - the task's own error, any kind
+        _flush_streams()
+        chan.post(("done", tid, False, task_error_record(exc, name, tid, state.node, state.owner,
+                                                          skip_frames=2)))
+        return
+    finally:
+        state.task_id = None
+    _flush_streams()
+    try:
+        blob = serialize(result, state.owner)
+    except Exception as exc:  # noqa: BLE001 - unpicklable return value: this task fails
+        err = SerializationError(f"the return value of {name!r} ({type(result).__name__}) "
+                                 f"cannot be pickled to send back: {exc}")
+        chan.post(("done", tid, False, task_error_record(err, name, tid, state.node,
+                                                          state.owner, skip_frames=0)))
+        return
+    chan.post(("done", tid, True, blob))
+
+
+def _check_cancelled(chan: Channel, tid: int) -> None:
+    """Raise KeyboardInterrupt when a cancel for ``tid`` is already queued."""
+    while chan.conn.poll(0):
+        chan._recv_one()
+    for msg in chan.pending:
+        if msg[0] == "cancel" and msg[1] == tid:
+            raise KeyboardInterrupt("task cancelled before it started")
+
+
+def _flush_streams() -> None:
+    for s in (sys.stdout, sys.stderr):
+        try:
+            s.flush()
+        except Exception:  # noqa: BLE001, S110
+            pass
+
+
+def _handle(chan: Channel, state: _State, msg: Any) -> bool:
+    kind = msg[0]
+    if kind == "run":
+        _, tid, fn_id, fn_bytes, args_blob, deps, name = msg
+        fn = state.fns.get(fn_id)
+        if fn is None:
+            fn = state.fns[fn_id] = cloudpickle.loads(fn_bytes)
+
+        def call() -> Any:
+            args, kwargs = _resolve(args_blob, deps)
+            return fn(*args, **kwargs)
+
+        _run(chan, state, tid, name, call)
+    elif kind == "call":
+        _, tid, method, args_blob, deps, name = msg
+        if state.actor is None:
+            chan.post(("done", tid, False, task_error_record(
+                RuntimeError("actor has no instance"), name, tid, state.node, state.owner)))
+            return True
+        bound = getattr(state.actor, method)
+
+        def call() -> Any:
+            args, kwargs = _resolve(args_blob, deps)
+            return bound(*args, **kwargs)
+
+        _run(chan, state, tid, name, call)
+    elif kind == "actor":
+        _, aid, cls_bytes, args_blob, deps, name = msg
+        state.actor_id = aid
+        try:
+            cls = cloudpickle.loads(cls_bytes)
+            args, kwargs = _resolve(args_blob, deps)
+            state.task_id = None
+            state.running = True
+            try:
+                state.actor = cls(*args, **kwargs)
+            finally:
+                state.running = False
+        except BaseException as exc:  # noqa: BLE001
+            _flush_streams()
+            chan.send(("actor_ready", aid, False,
+                       task_error_record(exc, name, aid, state.node, state.owner)))
+            return True
+        _flush_streams()
+        chan.send(("actor_ready", aid, True, None))
+    elif kind == "exit":
+        return False
+    return True
+
+
+def main(fd: int) -> None:
+    """Worker entry point: serve the driver on connection ``fd`` until it closes."""
+    conn = Connection(fd)
+    chan = Channel(conn)
+    state = _State()
+    init = loads(conn.recv_bytes())
+    _, state.owner, path, cwd, state.node, t0, ppid = init
+    sys.path[:] = path
+    try:
+        os.chdir(cwd)
+    except OSError:
+        pass
+    signal.signal(signal.SIGINT, _on_sigint(state))
+    threading.Thread(target=_watch_parent, args=(ppid,), daemon=True).start()
+    from runtime import api
+    from runtime.backends.local.client import ClientBackend
+
+    api._set_backend(ClientBackend(chan, state, t0))
+    sys.stdout = _Output(chan, "stdout", state)  # type: ignore[assignment]
+    sys.stderr = _Output(chan, "stderr", state)  # type: ignore[assignment]
+    chan.send(("hello", os.getpid()))
+    try:
+        while True:
+            try:
+                msg = chan.next_message()
+            except (EOFError, OSError):
+                break
+            except KeyboardInterrupt:
+                continue
+            try:
+                if not _handle(chan, state, msg):
+                    break
+            except KeyboardInterrupt:  # a late cancel between tasks
+                continue
+        chan.flush()
+    except (EOFError, OSError, BrokenPipeError):
+        pass
+    os._exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover - started with -c, see backend.py
+    main(int(sys.argv[1]))

@@ -1,0 +1,738 @@
+"""The sim backend: a real program's task bodies, run in-process, in virtual time.
+
+simpy owns the clock. Each task body runs in its own greenlet on the engine's
+thread (see :mod:`.core`); the driver (the notebook or script) steps the simpy
+loop only while it waits in ``get``/``wait``/``sleep``, so virtual time moves
+only then. Placement goes through the same policy objects as the other
+backends, checked with ``check_placement`` against a shared ``NodeIndex``.
+
+Who may mutate the state: only the engine thread. Greenlets are switched into
+only from engine callbacks run by the driver's greenlet, never from a body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import math
+import pickle
+import random
+import sys
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import simpy
+
+from runtime.autoscaling import get_autoscaler
+from runtime.autoscaling.base import NoAutoscaling, NodeType
+from runtime.backends.base import Backend, TaskSpec
+from runtime.backends.sim import core
+from runtime.backends.sim.actors import ActorsMixin
+from runtime.backends.sim.cluster import ClusterMixin
+from runtime.backends.sim.core import Obj, Task, TaskGreenlet, Waiter
+from runtime.cluster_spec import node_types_by_name, parse_nodes
+from runtime.errors import (
+    GetTimeoutError,
+    RuntimeShutdownError,
+    SerializationError,
+    SimDeadlock,
+    TaskCancelledError,
+    make_task_error,
+)
+from runtime.events import Event, EventKind
+from runtime.policies import get_policy
+from runtime.policies.base import NodeInfo, TaskInfo, check_feasible
+from runtime.policies.state import NodeIndex
+from runtime.refs import ObjectRef
+from runtime.serialization import check_call_args, check_picklable
+
+__all__ = ["SimBackend", "DEFAULT_CPUS"]
+
+#: CPUs of the single node when ``init("sim")`` is given no cluster description
+#: (fixed, not ``os.cpu_count()``, so a trace is the same on every machine).
+DEFAULT_CPUS = 4
+
+_INF = float("inf")
+E = EventKind
+
+
+class SimBackend(ClusterMixin, ActorsMixin, Backend):
+    """Runs tasks for real, in-process, on a simulated cluster in virtual time."""
+
+    kind = "sim"
+
+    def __init__(
+        self,
+        *,
+        nodes: Sequence[Any] | None = None,
+        num_cpus: float | None = None,
+        num_gpus: float | None = None,
+        resources: Mapping[str, float] | None = None,
+        policy: Any = None,
+        speeds: Mapping[str, Mapping[str, float]] | None = None,
+        seed: int | None = None,
+        lending: bool = True,
+        autoscaler: Any = None,
+        node_types: Sequence[NodeType | Mapping[str, Any]] = (),
+        autoscale_interval: float = 1.0,
+        check_pickle: bool = True,
+        trace: bool = True,
+        patch_sleep: bool = True,
+    ) -> None:
+        super().__init__()
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed={seed!r}: expected an int or None")
+        for key, flag in (("lending", lending), ("check_pickle", check_pickle),
+                          ("trace", trace), ("patch_sleep", patch_sleep)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{key}={flag!r}: expected True or False")
+        if (isinstance(autoscale_interval, bool) or not isinstance(autoscale_interval, (int, float))
+                or not autoscale_interval > 0 or math.isinf(autoscale_interval)):
+            raise ValueError(f"autoscale_interval={autoscale_interval!r}: expected a finite "
+                             f"number of virtual seconds > 0")
+        self.seed = seed
+        self.lending = lending
+        self.check_pickle = check_pickle
+        self.env = simpy.Environment()
+        self.index = NodeIndex(_check_speeds(speeds), clock=lambda: self.env.now)
+        self.policy = get_policy(policy)
+        self.autoscaler = None if autoscaler is None else get_autoscaler(autoscaler)
+        if isinstance(self.autoscaler, NoAutoscaling):
+            self.autoscaler = None
+        self.autoscale_interval = float(autoscale_interval)
+        groups = parse_nodes(nodes, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                             default_cpus=DEFAULT_CPUS)
+        self.node_types: dict[str, NodeType] = node_types_by_name(groups, list(node_types))
+        self._trace: list[tuple[Any, ...]] | None = [] if trace else None
+        self._objects: dict[int, Obj] = {}
+        self._tasks: dict[int, Task] = {}  # live tasks (not done), by id
+        self._groups: dict[tuple[Any, ...], deque[Task]] = {}  # pending, by demand shape
+        self._reacq: deque[Task] = deque()  # unblocked tasks waiting to take their CPU back
+        self._actors: dict[int, Any] = {}
+        self._pass_scheduled = False
+        self._stepping = False
+        self._closed = False
+        self._broken: BaseException | None = None
+        self._thread_id = threading.get_ident()
+        self._node_seq: dict[str, itertools.count[int]] = {}
+        self._nodes_version = 0
+        self._feasible_cache: dict[tuple[Any, ...], int] = {}
+        self._booting = 0
+        self._scale_tick = False
+        for g in groups:
+            for _ in range(g.count):
+                self._add_node(g.node_type, "up")
+        self._patched = patch_sleep
+        if patch_sleep:
+            core.install_sleep(self)
+
+    # ------------------------------------------------------------------ events
+    def _emit(self, kind: str, task: int | None = None, node: str | None = None,
+              **data: Any) -> None:
+        t = self.env.now
+        if self._trace is not None:
+            self._trace.append((round(t, 9), kind, task, node, tuple(sorted(data.items()))))
+        if self.events.has_subscribers:
+            self.events.publish(Event(t, kind, task, node, data))
+
+    @property
+    def trace(self) -> list[tuple[Any, ...]]:
+        """The recorded events: ``(time, kind, task, node, sorted data items)`` tuples."""
+        return list(self._trace or [])
+
+    def trace_hash(self) -> str:
+        """sha256 of the recorded event trace: one seed and program -> one hash."""
+        h = hashlib.sha256()
+        for entry in self._trace or []:
+            h.update(repr(entry).encode())
+            h.update(b"\n")
+        return h.hexdigest()
+
+    # ------------------------------------------------------------------ contexts
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise RuntimeShutdownError("this sim cluster was shut down; call runtime.init() again")
+        if self._broken is not None:
+            raise RuntimeError(
+                f"the simulation was aborted ({type(self._broken).__name__}); call "
+                f"runtime.shutdown() and runtime.init() again")
+
+    def _require_driver_or_task(self, what: str) -> Task | None:
+        """The calling task (None for the driver); raises from foreign threads."""
+        self._check_usable()
+        g = core.getcurrent()
+        if isinstance(g, TaskGreenlet):
+            if g.backend is not self:
+                raise RuntimeError(f"{what}() from a task of another simulation")
+            return g.task
+        if threading.get_ident() != self._thread_id:
+            raise RuntimeError(
+                f"{what}() from a thread the engine does not own: the sim backend runs every "
+                f"task on the thread that called runtime.init(); call {what}() there")
+        return None
+
+    # ------------------------------------------------------------------ submit
+    def _new_obj(self, task: Task | None = None) -> Obj:
+        oid = task.id if task is not None else self.next_id()
+        obj = Obj(oid, task)
+        self._objects[oid] = obj
+        return obj
+
+    def _ref_created(self, oid: int) -> None:
+        obj = self._objects.get(oid)
+        if obj is not None:
+            obj.refs += 1
+
+    def _ref_deleted(self, oid: int) -> None:
+        obj = self._objects.get(oid)
+        if obj is not None:
+            obj.refs -= 1
+            if obj.refs <= 0 and obj.done:
+                self._objects.pop(oid, None)
+
+    def _check_args(self, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        if not self.check_pickle:
+            return
+        try:
+            pickle.dumps((args, kwargs), protocol=5)
+        except Exception:  # noqa: BLE001 - fall back to cloudpickle, which names the culprit
+            check_call_args(name, args, kwargs)
+
+    def _check_feasible(self, info: TaskInfo) -> None:
+        key = (info.request, info.accelerator_type)
+        if self._feasible_cache.get(key) == self._nodes_version:
+            return
+        shapes = [nt.shape() for nt in self.node_types.values()] if self.autoscaler else []
+        check_feasible(info, self.index.shapes(), shapes)
+        self._feasible_cache[key] = self._nodes_version
+
+    def submit(self, spec: TaskSpec) -> ObjectRef:
+        """Queue a task (zero virtual time); returns its ref."""
+        parent = self._require_driver_or_task("submit")
+        tid = self.next_id()
+        info = spec.info(tid, self.env.now)
+        self._check_feasible(info)
+        self._check_args(spec.name, spec.args, spec.kwargs)
+        t = Task(tid, spec.name, spec.func, spec.args, spec.kwargs, spec.options, info,
+                 Obj(tid))
+        t.obj.task = t
+        self._objects[tid] = t.obj
+        t.max_retries = spec.max_retries
+        t.retry_exceptions = spec.retry_exceptions
+        t.duration = spec.options.get("sim_duration")
+        ref = ObjectRef(tid, self, spec.name)
+        self._tasks[tid] = t
+        if parent is not None:
+            parent.children.append(t)
+        self._emit(E.TASK_SUBMITTED, tid, name=spec.name, resources=info.request.to_dict())
+        self._watch_deps(t, self._enqueue)
+        return ref
+
+    def _watch_deps(self, t: Task, ready: Callable[[Task], None]) -> None:
+        """Call ``ready(t)`` once every top-level ref argument is done (fail t on errors)."""
+        deps = [a for a in itertools.chain(t.args, t.kwargs.values()) if isinstance(a, ObjectRef)]
+        if not deps:
+            ready(t)
+            return
+        objs = [self._obj_of(r) for r in deps]
+        for o in objs:
+            if o.done and o.error is not None:
+                self._fail(t, o.error, "dependency failed")
+                return
+        waiting = [o for o in objs if not o.done]
+        if not waiting:
+            ready(t)
+            return
+        t.deps_left = len(waiting)
+        token = t.token
+
+        def on_dep(o: Obj) -> None:
+            if t.state != "waiting" or t.token != token:
+                return
+            if o.error is not None:
+                self._fail(t, o.error, "dependency failed")
+                return
+            t.deps_left -= 1
+            if t.deps_left == 0:
+                ready(t)
+
+        for o in waiting:
+            o.callbacks.append(on_dep)
+
+    def _obj_of(self, ref: ObjectRef) -> Obj:
+        obj = self._objects.get(ref.id)
+        if obj is None:
+            if ref._backend is not self:
+                raise ValueError(f"{ref!r} belongs to another cluster, not this sim cluster")
+            raise ValueError(f"{ref!r}: its value was freed")
+        return obj
+
+    def _enqueue(self, t: Task) -> None:
+        t.state = "pending"
+        i = t.info
+        key = (i.request, i.accelerator_type, i.tenant, i.priority, i.task_kind)
+        dq = self._groups.get(key)
+        if dq is None:
+            dq = self._groups[key] = deque()
+        dq.append(t)
+        self._kick()
+
+    def put(self, value: Any) -> ObjectRef:
+        """Store a value (shared in-process, not copied); returns its ref."""
+        self._require_driver_or_task("put")
+        if self.check_pickle:
+            try:
+                pickle.dumps(value, protocol=5)
+            except Exception:  # noqa: BLE001 - name the culprit
+                check_picklable(value, "the value passed to put()")
+        obj = self._new_obj()
+        obj.done = True
+        obj.value = value
+        obj.callbacks = []
+        return ObjectRef(obj.id, self)
+
+    # ------------------------------------------------------------------ running bodies
+    def _start(self, t: Task) -> None:
+        t.attempt += 1
+        t.state = "running"
+        self._emit(E.TASK_STARTED, t.id, t.node, attempt=t.attempt, name=t.name)
+        g = TaskGreenlet(self._run_body)
+        g.task = t
+        g.backend = self
+        t.glet = g
+        g.switch(t, t.attempt)
+
+    def _run_body(self, t: Task, attempt: int) -> None:
+        """Greenlet entry point: run the body, then schedule its end in virtual time."""
+        if self.seed is not None:
+            self._seed_rngs(t)
+        args, kwargs = t.args, t.kwargs
+        try:
+            if any(isinstance(a, ObjectRef) for a in args):
+                args = tuple(self._objects[a.id].value if isinstance(a, ObjectRef) else a
+                             for a in args)
+            if kwargs and any(isinstance(v, ObjectRef) for v in kwargs.values()):
+                kwargs = {k: self._objects[v.id].value if isinstance(v, ObjectRef) else v
+                          for k, v in kwargs.items()}
+            value = self._call_body(t, args, kwargs)
+            delay = self._duration(t, args, kwargs)
+            if self.check_pickle and t.init_of is None:
+                _check_return(t, value)
+        except Exception as exc:  # noqa: BLE001 - the task's error goes to its ref
+            tb = exc.__traceback__
+            text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
+            err = make_task_error(exc, text, task_name=t.name, task_id=t.id, node=t.node)
+            retry = t.init_of is None and t.actor is None and _should_retry(t, exc)
+            self.env.timeout(0).callbacks.append(
+                lambda e, x=exc, r=err, again=retry: self._end_failed(t, attempt, x, r, again))
+            return
+        finally:
+            if t.attempt == attempt:
+                t.glet = None
+        self.env.timeout(delay).callbacks.append(lambda e: self._end_ok(t, attempt, value))
+
+    def _call_body(self, t: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if t.actor is not None:
+            return getattr(t.actor.instance, t.method)(*args, **kwargs)
+        return t.fn(*args, **kwargs)
+
+    def _seed_rngs(self, t: Task) -> None:
+        random.seed(f"nbcluster-sim:{self.seed}:{t.id}")
+        np = sys.modules.get("numpy")
+        if np is not None:
+            digest = hashlib.sha256(f"{self.seed}:{t.id}".encode()).digest()
+            np.random.seed(int.from_bytes(digest[:4], "little"))
+
+    def _duration(self, t: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
+        d = t.duration
+        if d is None:
+            return 0.0
+        if callable(d):
+            d = d(t.method, *args, **kwargs) if t.actor is not None else d(*args, **kwargs)
+            if isinstance(d, bool) or not isinstance(d, (int, float)) or math.isnan(d) \
+                    or d < 0 or math.isinf(d):
+                raise ValueError(f"sim_duration of task {t.name!r} returned {d!r}: expected a "
+                                 f"finite number of seconds >= 0")
+        if t.node is not None and t.actor is None and d:
+            speed = self.index.speed(t.info, self.index.node(t.node))
+            if not speed > 0:
+                raise ValueError(f"task kind {t.info.task_kind!r} has speed {speed!r} on node "
+                                 f"{t.node}: it cannot run there (speeds must be > 0)")
+            d = d / speed
+        return float(d)
+
+    def _end_ok(self, t: Task, attempt: int, value: Any) -> None:
+        if t.attempt != attempt or t.state != "running":
+            return
+        self._release(t)
+        t.state = "done"
+        self._tasks.pop(t.id, None)
+        self._emit(E.TASK_FINISHED, t.id, t.node)
+        self._complete(t.obj, value, None)
+        self._after_end(t, True, value)
+
+    def _end_failed(self, t: Task, attempt: int, exc: Exception, err: BaseException,
+                    retry: bool) -> None:
+        if t.attempt != attempt or t.state != "running":
+            return
+        self._release(t)
+        if retry:
+            self._emit(E.TASK_RETRIED, t.id, t.node, attempt=t.attempt,
+                       reason=f"raised {type(exc).__name__}")
+            self._enqueue(t)
+            return
+        self._fail(t, err, f"raised {type(exc).__name__}")
+        self._after_end(t, False, err)
+
+    def _release(self, t: Task) -> None:
+        """Give back what the task holds (less what it lent while blocked)."""
+        if t.holds and t.actor is None and t.init_of is None and t.node is not None:
+            if t.lent:
+                self.index.release(t.id, t.info.request - t.lent)
+                t.lent = None
+            else:
+                self.index.release(t.id)
+            self._kick()
+
+    def _fail(self, t: Task, err: BaseException, reason: str) -> None:
+        """Finish ``t`` with an error (its greenlet, if any, must already be gone)."""
+        t.state = "done"
+        t.token += 1
+        self._tasks.pop(t.id, None)
+        self._emit(E.TASK_FAILED, t.id, t.node, error=type(err).__name__, reason=reason)
+        self._complete(t.obj, None, err)
+        if t.init_of is not None:
+            self._init_failed(t, err)
+
+    def _complete(self, obj: Obj, value: Any, error: BaseException | None) -> None:
+        obj.done = True
+        obj.value = value
+        obj.error = error
+        obj.task = None
+        callbacks, obj.callbacks = obj.callbacks, []
+        for cb in callbacks:
+            cb(obj)
+        if obj.refs <= 0:
+            self._objects.pop(obj.id, None)
+
+    def _abort(self, t: Task) -> None:
+        """Stop a running attempt: release its resources and unwind its greenlet."""
+        t.token += 1
+        if t in self._reacq:
+            self._reacq.remove(t)
+        self._release(t)
+        g, t.glet = t.glet, None
+        t.state = "aborted"
+        if g is not None and not g.dead:
+            if isinstance(core.getcurrent(), TaskGreenlet):
+                self.env.timeout(0).callbacks.append(lambda e: core.kill_greenlet(g))
+            else:
+                core.kill_greenlet(g)
+
+    # ------------------------------------------------------------------ simcalls in bodies
+    def _yield(self, t: Task) -> Any:
+        g = t.glet
+        assert g is not None and g is core.getcurrent()
+        return g.parent.switch()
+
+    def _resume(self, t: Task, token: int, value: Any) -> None:
+        if t.token != token or t.glet is None:
+            return
+        if t.state in ("blocked", "unblocking"):
+            self._emit(E.TASK_UNBLOCKED, t.id, t.node)
+        t.state = "running"
+        t.glet.switch(value)
+
+    def _block(self, t: Task, objs: list[Obj], k: int, timeout: float | None) -> bool:
+        """Suspend ``t`` until ``k`` of ``objs`` are done (True) or the timeout passes (False);
+        its CPU is lent meanwhile (GPUs and custom resources are kept)."""
+        t.token += 1
+        token = t.token
+
+        def ready(ok: bool) -> None:
+            if t.token != token:
+                return
+            t.wake = ok
+            if t.lent:
+                t.state = "unblocking"  # the next pass resumes it once its CPU is free
+                self._reacq.append(t)
+                self._kick()
+            else:
+                self.env.timeout(0).callbacks.append(lambda e: self._resume(t, token, ok))
+
+        w = Waiter(k, ready)
+        for o in objs:
+            o.callbacks.append(w)
+        if timeout is not None:
+            def on_timeout(_e: Any) -> None:
+                if not w.fired:
+                    w.fired = True
+                    ready(False)
+
+            self.env.timeout(timeout).callbacks.append(on_timeout)
+        cpu = t.info.request.get("CPU", 0.0)
+        if self.lending and t.holds and cpu and t.actor is None and t.init_of is None:
+            self.index.release(t.id, {"CPU": cpu}, keep_running=True)
+            t.lent = {"CPU": cpu}
+            self._kick()
+        t.state = "blocked"
+        self._emit(E.TASK_BLOCKED, t.id, t.node)
+        return bool(self._yield(t))
+
+    def _task_wait_objs(self, t: Task, objs: list[Obj], k: int, timeout: float | None) -> bool:
+        need = k - sum(1 for o in objs if o.done)
+        if need <= 0:
+            return True
+        if timeout == 0:
+            return False
+        return self._block(t, [o for o in objs if not o.done], need, timeout)
+
+    # ------------------------------------------------------------------ the driver
+    def _drive(self, objs: list[Obj], k: int, timeout: float | None) -> bool:
+        """Step the engine until ``k`` of ``objs`` are done (True) or time is up (False)."""
+        need = k - sum(1 for o in objs if o.done)
+        if need <= 0:
+            return True
+        if self._stepping:
+            raise RuntimeError("get()/wait() called from inside a simulation callback (such as "
+                               "an add_done_callback function); call it from the driver or a task")
+        w = Waiter(need)
+        for o in objs:
+            if not o.done:
+                o.callbacks.append(w)
+        deadline = None if timeout is None else self.env.now + timeout
+        return self._run_engine(lambda: w.remaining <= 0, deadline)
+
+    def _run_engine(self, cond: Callable[[], bool], deadline: float | None) -> bool:
+        env = self.env
+        self._stepping = True
+        try:
+            while not cond():
+                nxt = env.peek()
+                if deadline is not None and nxt > deadline:
+                    if deadline > env.now:
+                        env.run(until=deadline)
+                    return False
+                if nxt == _INF:
+                    raise SimDeadlock(self._deadlock_message())
+                env.step()
+            return True
+        except Exception:
+            raise
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: the sim is broken
+            self._broken = exc
+            raise
+        finally:
+            self._stepping = False
+
+    def _deadlock_message(self) -> str:
+        live = sorted(self._tasks.values(), key=lambda t: t.id)
+        blocked = {t.id: t.name for t in live if t.state in ("blocked", "unblocking")}
+        pending = {t.id: t.name for t in live if t.state == "pending"}
+        waiting = {t.id: t.name for t in live if t.state == "waiting"}
+        msg = f"no events left at t={self.env.now:g} while the driver waits; blocked tasks: {blocked}"
+        if pending:
+            msg += f"; pending tasks that cannot be placed: {pending}"
+        if waiting:
+            msg += f"; tasks waiting for their arguments: {waiting}"
+        if blocked and not self.lending:
+            msg += " (lending is off: blocked tasks keep their CPUs)"
+        elif blocked:
+            msg += (" (a task blocked in get/wait lends only its CPUs; GPUs and custom "
+                    "resources stay held)")
+        return msg
+
+    def _objs(self, refs: Sequence[ObjectRef]) -> list[Obj]:
+        return [self._obj_of(r) for r in refs]
+
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
+        """Values in order (virtual-time wait); raises the first error in ref order."""
+        t = self._require_driver_or_task("get")
+        objs = self._objs(refs)
+        if t is not None:
+            ok = self._task_wait_objs(t, objs, len(objs), timeout)
+        else:
+            ok = self._drive(objs, len(objs), timeout)
+        if not ok:
+            left = sum(1 for o in objs if not o.done)
+            raise GetTimeoutError(f"get() timed out after {timeout:g} virtual seconds with "
+                                  f"{left} of {len(objs)} object(s) not ready")
+        out = []
+        for o in objs:
+            if o.error is not None:
+                raise o.error
+            out.append(o.value)
+        return out
+
+    def wait(self, refs: Sequence[ObjectRef], num_returns: int,
+             timeout: float | None) -> list[int]:
+        """Indexes of the first ``num_returns`` done refs, in input order (virtual time)."""
+        t = self._require_driver_or_task("wait")
+        objs = self._objs(refs)
+        if t is not None:
+            self._task_wait_objs(t, objs, num_returns, timeout)
+        else:
+            self._drive(objs, num_returns, timeout)
+        return [i for i, o in enumerate(objs) if o.done][:num_returns]
+
+    def done(self, ref: ObjectRef) -> bool:
+        """Whether the ref's value or error is ready (never blocks, never advances time)."""
+        obj = self._objects.get(ref.id)
+        return True if obj is None else obj.done
+
+    def add_done_callback(self, ref: ObjectRef, fn: Callable[[ObjectRef], None]) -> None:
+        """Call ``fn(ref)`` when the ref is done (inside the engine, in virtual time)."""
+        obj = self._obj_of(ref)
+        if obj.done:
+            fn(ref)
+            return
+        obj.callbacks.append(lambda _o: fn(ref))
+        if getattr(fn, "__qualname__", "").startswith("ObjectRef.future"):
+            # ``await ref``: nothing else would drive the engine, so the asyncio loop does
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            if threading.get_ident() == self._thread_id and not isinstance(
+                    core.getcurrent(), TaskGreenlet):
+                loop.call_soon(self._async_drive, loop, obj, ref, fn, 0)
+
+    def _async_drive(self, loop: asyncio.AbstractEventLoop, obj: Obj, ref: ObjectRef,
+                     fn: Callable[[ObjectRef], None], rounds: int) -> None:
+        """Run the engine from the asyncio loop until ``obj`` is done (for ``await ref``)."""
+        if obj.done or self._closed or self._broken is not None:
+            return
+        if not self._stepping:
+            self._run_engine(lambda: obj.done or self.env.peek() == _INF, None)
+        if obj.done:
+            return
+        if rounds < 3 or self._stepping:  # let other coroutines submit what it waits for
+            loop.call_soon(self._async_drive, loop, obj, ref, fn, rounds + 1)
+        else:
+            fn(ref)  # nothing left to run: settle the future (get(timeout=0) says why)
+
+    def sleep(self, seconds: float) -> None:
+        """Virtual sleep: a task keeps its slot; the driver's sleep advances the cluster."""
+        t = self._require_driver_or_task("sleep")
+        if t is not None:
+            t.token += 1
+            token = t.token
+            self.env.timeout(seconds).callbacks.append(lambda e: self._resume(t, token, None))
+            self._yield(t)
+            return
+        if self._stepping:
+            raise RuntimeError("sleep() from inside a simulation callback")
+        self._run_engine(lambda: False, self.env.now + seconds) if seconds > 0 else None
+
+    def now(self) -> float:
+        """Virtual seconds since ``init``."""
+        return self.env.now
+
+    # ------------------------------------------------------------------ cancel
+    def cancel(self, ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> bool:
+        """Cancel a task: pending ones never run; running ones are unwound at once."""
+        self._require_driver_or_task("cancel")
+        obj = self._objects.get(ref.id)
+        if obj is None or obj.done or obj.task is None:
+            return False
+        self._cancel_task(obj.task, recursive)
+        return True
+
+    def _cancel_task(self, t: Task, recursive: bool) -> None:
+        if t.state == "done":
+            return
+        if t.state == "pending":
+            self._dequeue(t)
+        elif t.state in ("running", "blocked", "unblocking"):
+            self._abort(t)
+        if t.actor is not None:
+            self._forget_call(t)
+        t.state = "done"
+        t.token += 1
+        self._tasks.pop(t.id, None)
+        self._emit(E.TASK_CANCELLED, t.id, t.node)
+        self._complete(t.obj, None, TaskCancelledError(t.name, t.id))
+        if recursive:
+            for c in t.children:
+                self._cancel_task(c, True)
+
+    # ------------------------------------------------------------------ cluster view
+    def nodes(self) -> list[NodeInfo]:
+        """Every node, in id order, with total and free resources and state."""
+        return self.index.nodes()
+
+    def describe(self) -> dict[str, Any]:
+        """Backend, policy, virtual time, seed."""
+        return {"backend": "sim", "policy": getattr(self.policy, "name", type(self.policy).__name__),
+                "autoscaler": getattr(self.autoscaler, "name", None),
+                "time": f"{self.env.now:g}s (virtual)", "seed": self.seed}
+
+    # ------------------------------------------------------------------ shutdown
+    def shutdown(self) -> None:
+        """Unwind suspended bodies in task-id order, fail pending refs, restore time.sleep."""
+        if self._closed:
+            return
+        if isinstance(core.getcurrent(), TaskGreenlet):
+            raise RuntimeError("shutdown() cannot be called from inside a sim task")
+        self._closed = True
+        try:
+            own_thread = threading.get_ident() == self._thread_id
+            for t in sorted(self._tasks.values(), key=lambda t: t.id):
+                g, t.glet = t.glet, None
+                t.token += 1
+                if own_thread and g is not None:
+                    core.kill_greenlet(g)
+            err = RuntimeShutdownError("the sim cluster was shut down before this object was "
+                                       "ready")
+            for t in sorted(self._tasks.values(), key=lambda t: t.id):
+                t.state = "done"
+                if not t.obj.done:
+                    self._complete(t.obj, None, err)
+            self._tasks.clear()
+            self._groups.clear()
+            self._reacq.clear()
+            self._shutdown_actors()
+        finally:
+            if self._patched:
+                core.uninstall_sleep(self)
+
+
+def _check_return(t: Task, value: Any) -> None:
+    try:
+        pickle.dumps(value, protocol=5)
+    except Exception:  # noqa: BLE001 - name the culprit
+        try:
+            check_picklable(value, f"the return value of {t.name}()")
+        except SerializationError:
+            raise
+        except Exception:  # noqa: BLE001 - cloudpickle could pickle it
+            return
+
+
+def _should_retry(t: Task, exc: Exception) -> bool:
+    r = t.retry_exceptions
+    if not r or not (t.max_retries == -1 or t.attempt <= t.max_retries):
+        return False
+    return r is True or isinstance(exc, tuple(r))
+
+
+def _check_speeds(speeds: Any) -> dict[str, dict[str, float]] | None:
+    if speeds is None:
+        return None
+    if not isinstance(speeds, Mapping):
+        raise TypeError(f"speeds={speeds!r}: expected {{task kind: {{device model: speed}}}}")
+    out: dict[str, dict[str, float]] = {}
+    for kind, row in speeds.items():
+        if not isinstance(row, Mapping):
+            raise TypeError(f"speeds[{kind!r}]={row!r}: expected {{device model: speed}}")
+        for model, v in row.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 \
+                    or math.isinf(v):
+                raise ValueError(f"speeds[{kind!r}][{model!r}]={v!r}: expected a finite "
+                                 f"number > 0")
+        out[str(kind)] = {str(m): float(v) for m, v in row.items()}
+    return out

@@ -1,0 +1,420 @@
+"""The simulator's :class:`~runtime.policies.base.ClusterState`: indexes for the hot path.
+
+Nodes are grouped by node type (same totals, accelerator and speeds); within a
+group, nodes sit in *buckets* keyed by their exact free-resource vector, each
+bucket a lazy min-heap of node ids. ``fitting(task, order)`` walks only the
+buckets whose free vector fits the request (sorted by free score for
+``tightest``/``loosest``), so taking the first node costs O(#distinct free
+vectors + log n), not O(n). Only the engine mutates it; policies read it.
+Capacity never goes negative (asserted on every allocation).
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from runtime.policies.base import FitOrder, NodeInfo, NodeState, TaskInfo
+from runtime.resources import EPSILON, Resources
+from simulator.nodes import NodeSpec
+
+__all__ = ["SimClusterState", "SimNode"]
+
+ReqVec = tuple[tuple[int, float], ...]
+
+
+class _Bucket:
+    """Nodes of one group with the same free vector: a lazy heap of ``(node id, version)``."""
+
+    __slots__ = ("heap", "count", "score")
+
+    def __init__(self, score: float) -> None:
+        self.heap: list[tuple[str, int]] = []
+        self.count = 0
+        self.score = score
+
+
+class SimNode:
+    """One simulated node (mutable, engine-owned)."""
+
+    __slots__ = ("id", "spec", "group", "free", "state", "version", "info", "tasks",
+                 "up_since", "added_at", "draining_to_remove", "in_window")
+
+    def __init__(self, node_id: str, spec: NodeSpec, group: _Group, state: NodeState,
+                 now: float) -> None:
+        self.id = node_id
+        self.spec = spec
+        self.group = group
+        self.free = group.total
+        self.state: NodeState = state
+        self.version = 0
+        self.info: NodeInfo | None = None
+        self.tasks: dict[int, None] = {}
+        self.up_since: float | None = None
+        self.added_at = now
+        self.draining_to_remove = False
+        self.in_window = False
+
+
+class _Group:
+    """All nodes of one node type."""
+
+    __slots__ = ("spec", "names", "index", "total", "total_res", "accel", "labels", "buckets",
+                 "keys", "req_cache", "res_cache", "cost", "nodes", "busy", "uptime", "model_of")
+
+    def __init__(self, spec: NodeSpec) -> None:
+        self.spec = spec
+        self.total_res = spec.resources
+        self.names = tuple(self.total_res)
+        self.index = {n: i for i, n in enumerate(self.names)}
+        self.total = tuple(self.total_res[n] for n in self.names)
+        self.accel = spec.accelerator.model if spec.accelerator else None
+        self.labels = spec.labels
+        self.buckets: dict[tuple[float, ...], _Bucket] = {}
+        self.keys: list[tuple[float, tuple[float, ...]]] = []  # (score, free) of non-empty buckets
+        self.req_cache: dict[Resources, ReqVec | None] = {}
+        self.res_cache: dict[tuple[float, ...], Resources] = {}
+        self.cost = spec.hourly_cost
+        self.nodes: dict[str, SimNode] = {}  # the state's node table, shared
+        self.busy = [0.0] * len(self.names)  # resource-seconds used, per resource
+        self.uptime = 0.0  # node-seconds up or draining (capacity = total x uptime)
+        acc = spec.accelerator
+        self.model_of = tuple(acc.model if acc is not None and n == acc.kind else
+                              (spec.cpu_device.model if n == "CPU" else n) for n in self.names)
+
+    def reqvec(self, req: Resources) -> ReqVec | None:
+        """The request as ``(index, amount)`` pairs, or None when the type lacks a resource."""
+        try:
+            return self.req_cache[req]
+        except KeyError:
+            pass
+        idx = self.index
+        vec: ReqVec | None = tuple((idx[k], v) for k, v in req.items()) \
+            if all(k in idx for k in req) else None
+        if vec is not None and not _fits(self.total, vec):
+            vec = None
+        self.req_cache[req] = vec
+        return vec
+
+    def score(self, free: tuple[float, ...]) -> float:
+        """The contract's free score: sum of free/total."""
+        return sum(f / t for f, t in zip(free, self.total, strict=True) if t > 0)
+
+    def resources(self, free: tuple[float, ...]) -> Resources:
+        """A cached :class:`Resources` for a free vector."""
+        r = self.res_cache.get(free)
+        if r is None:
+            r = self.res_cache[free] = Resources._trusted(dict(zip(self.names, free, strict=True)))
+        return r
+
+    # bucket maintenance -----------------------------------------------------
+    def insert(self, node: SimNode) -> None:
+        key = node.free
+        b = self.buckets.get(key)
+        if b is None:
+            b = self.buckets[key] = _Bucket(self.score(key))
+        if b.count == 0:
+            bisect.insort(self.keys, (b.score, key))
+        b.count += 1
+        heapq.heappush(b.heap, (node.id, node.version))
+        if len(b.heap) > 2 * b.count + 32:
+            self._compact(b)
+
+    def remove(self, node: SimNode) -> None:
+        key = node.free
+        b = self.buckets[key]
+        b.count -= 1
+        if b.count == 0:
+            del self.buckets[key]
+            i = bisect.bisect_left(self.keys, (b.score, key))
+            del self.keys[i]
+
+    def _compact(self, b: _Bucket) -> None:
+        nodes = self.nodes
+        b.heap = [e for e in b.heap if (n := nodes.get(e[0])) is not None and n.version == e[1]]
+        heapq.heapify(b.heap)
+
+    def ordered(self, key: tuple[float, ...]) -> Iterator[SimNode]:
+        """Nodes of bucket ``key`` in id order (the first is cheap)."""
+        b = self.buckets.get(key)
+        if b is None:
+            return
+        nodes = self.nodes
+        heap = b.heap
+        while heap:
+            nid, ver = heap[0]
+            n = nodes.get(nid)
+            if n is not None and n.version == ver:
+                break
+            heapq.heappop(heap)
+        if not heap:
+            return
+        first = heap[0]
+        yield nodes[first[0]]
+        rest = sorted(e for e in heap[1:] if (n := nodes.get(e[0])) is not None
+                      and n.version == e[1])
+        for nid, _ in rest:
+            yield nodes[nid]
+
+
+def _fits(free: tuple[float, ...], vec: ReqVec) -> bool:
+    for i, a in vec:
+        if free[i] + EPSILON < a:
+            return False
+    return True
+
+
+class SimClusterState:
+    """Implements :class:`ClusterState` for the simulator (plus the engine's mutators)."""
+
+    def __init__(self, specs: list[NodeSpec]) -> None:
+        self._now = 0.0
+        self.groups: dict[str, _Group] = {s.name: _Group(s) for s in specs}
+        self._nodes: dict[str, SimNode] = {}
+        for g in self.groups.values():
+            g.nodes = self._nodes
+        self._running: dict[int, tuple[TaskInfo, str]] = {}
+        self._eligible: dict[tuple[Any, ...], list[tuple[_Group, ReqVec, float]]] = {}
+        self._eligible_map: dict[tuple[Any, ...], dict[_Group, tuple[ReqVec, float]]] = {}
+        self.free_total: dict[str, float] = {}
+        self.version = 0
+
+    # ClusterState --------------------------------------------------------------
+    @property
+    def now(self) -> float:
+        """Current virtual time."""
+        return self._now
+
+    def node(self, node_id: str) -> NodeInfo:
+        """The node with this id (``KeyError`` when unknown)."""
+        n = self._nodes[node_id]
+        info = n.info
+        if info is None:
+            g = n.group
+            info = n.info = NodeInfo(n.id, g.spec.name, g.total_res, g.resources(n.free),
+                                     g.labels, n.state, g.cost)
+        return info
+
+    def nodes(self) -> list[NodeInfo]:
+        """Every node (booting, up, draining, down), in id order."""
+        return [self.node(k) for k in sorted(self._nodes)]
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def eligible(self, task: TaskInfo) -> list[tuple[_Group, ReqVec, float]]:
+        """Groups that could ever host ``task`` (resources, accelerator, speed > 0), cached."""
+        key = (task.request, task.accelerator_type, task.task_kind)
+        out = self._eligible.get(key)
+        if out is None:
+            out = []
+            for g in self.groups.values():
+                if task.accelerator_type is not None and g.accel != task.accelerator_type:
+                    continue
+                vec = g.reqvec(task.request)
+                if vec is None:
+                    continue
+                sp = g.spec.speed_for(task.task_kind, task.request)
+                if sp <= 0:
+                    continue
+                out.append((g, vec, sp))
+            self._eligible[key] = out
+        return out
+
+    def eligible_by_group(self, task: TaskInfo) -> dict[_Group, tuple[ReqVec, float]]:
+        """``eligible`` as a mapping group -> (request vector, speed), cached."""
+        key = (task.request, task.accelerator_type, task.task_kind)
+        out = self._eligible_map.get(key)
+        if out is None:
+            out = self._eligible_map[key] = {g: (v, sp) for g, v, sp in self.eligible(task)}
+        return out
+
+    def fitting(self, task: TaskInfo, order: FitOrder = "id") -> Iterator[NodeInfo]:
+        """Up nodes where ``task`` fits now (and runs at speed > 0), in ``order``."""
+        if order not in ("id", "tightest", "loosest"):
+            raise ValueError(f"order={order!r}: expected 'id', 'tightest' or 'loosest'")
+        heads = []
+        for i, (g, vec, _) in enumerate(self.eligible(task)):
+            it = self._group_iter(g, vec, order)
+            first = next(it, None)
+            if first is not None:
+                heads.append((first[0], i, first[1], it))
+        if not heads:
+            return
+        node = self.node
+        if len(heads) == 1:
+            _, _, n, it = heads[0]
+            yield node(n.id)
+            for _, n in it:
+                yield node(n.id)
+            return
+        heapq.heapify(heads)
+        while heads:
+            _, i, n, it = heads[0]
+            yield node(n.id)
+            nxt = next(it, None)
+            if nxt is None:
+                heapq.heappop(heads)
+            else:
+                heapq.heapreplace(heads, (nxt[0], i, nxt[1], it))
+
+    def _group_iter(self, g: _Group, vec: ReqVec, order: str) -> Iterator[tuple[Any, SimNode]]:
+        if order == "id":
+            its = [((n.id, n) for n in g.ordered(key)) for _, key in g.keys if _fits(key, vec)]
+            if len(its) == 1:
+                yield from its[0]
+            elif its:
+                yield from heapq.merge(*its, key=_first)
+            return
+        keys = g.keys if order == "tightest" else reversed(g.keys)
+        sign = 1.0 if order == "tightest" else -1.0
+        for score, key in keys:
+            if _fits(key, vec):
+                for n in g.ordered(key):
+                    yield ((sign * score, n.id), n)
+
+    def speed(self, task: TaskInfo, node: NodeInfo) -> float:
+        """Relative speed of the task's kind on the node's device (1.0 when unknown)."""
+        n = self._nodes.get(node.id)
+        spec = n.spec if n is not None else None
+        if spec is None:
+            return 1.0
+        return spec.speed_for(task.task_kind, task.request)
+
+    def running(self) -> list[TaskInfo]:
+        """Tasks holding resources, in id order."""
+        return [self._running[k][0] for k in sorted(self._running)]
+
+    def placement_of(self, task_id: int) -> str | None:
+        """The node a running task holds resources on."""
+        e = self._running.get(task_id)
+        return e[1] if e else None
+
+    # Engine-side mutation ------------------------------------------------------
+    def sim_node(self, node_id: str) -> SimNode:
+        """The engine's mutable node."""
+        return self._nodes[node_id]
+
+    def add_node(self, node_id: str, spec: NodeSpec, state: NodeState, now: float) -> SimNode:
+        """Create a node with every resource free."""
+        if node_id in self._nodes:
+            raise ValueError(f"node {node_id!r} already exists")
+        g = self.groups[spec.name]
+        n = SimNode(node_id, spec, g, "down", now)
+        self._nodes[node_id] = n
+        self.set_state(n, state, now)
+        n.added_at = now
+        return n
+
+    def set_state(self, n: SimNode, state: NodeState, now: float) -> None:
+        """Move a node between booting / up / draining / down (only up nodes are indexed)."""
+        old = n.state
+        if old == state:
+            return
+        alive_old, alive_new = old in ("up", "draining"), state in ("up", "draining")
+        if alive_old and not alive_new:
+            n.group.uptime += now - n.up_since if n.up_since is not None else 0.0
+            n.up_since = None
+        elif alive_new and not alive_old:
+            n.up_since = now
+        if old == "up":
+            n.group.remove(n)
+            self._add_free(n, -1.0)
+        n.state = state
+        n.version += 1
+        n.info = None
+        if state == "up":
+            n.group.insert(n)
+            self._add_free(n, 1.0)
+        self.version += 1
+
+    def remove_node(self, n: SimNode, now: float) -> None:
+        """Forget a node that holds no tasks."""
+        assert not n.tasks, f"node {n.id} removed while running {list(n.tasks)}"
+        self.set_state(n, "down", now)
+        del self._nodes[n.id]
+
+    def _add_free(self, n: SimNode, sign: float) -> None:
+        ft = self.free_total
+        for name, v in zip(n.group.names, n.free, strict=True):
+            ft[name] = ft.get(name, 0.0) + sign * v
+
+    def allocate(self, task: TaskInfo, n: SimNode, vec: ReqVec) -> None:
+        """Take ``task``'s request on node ``n`` (asserts capacity stays >= 0)."""
+        g = n.group
+        up = n.state == "up"
+        if up:
+            g.remove(n)
+        free = list(n.free)
+        ft = self.free_total
+        names = g.names
+        for i, a in vec:
+            v = round(free[i] - a, 9)
+            assert v >= -EPSILON, f"capacity of {names[i]} on {n.id} would go negative"
+            free[i] = v if v > 0 else 0.0
+            if up:
+                ft[names[i]] -= a
+        n.free = tuple(free)
+        n.version += 1
+        n.info = None
+        if up:
+            g.insert(n)
+        n.tasks[task.id] = None
+        self._running[task.id] = (task, n.id)
+        self.version += 1
+
+    def release(self, task_id: int, n: SimNode, vec: ReqVec) -> None:
+        """Give back a task's resources on node ``n`` (asserts free never exceeds total)."""
+        g = n.group
+        up = n.state == "up"
+        if up:
+            g.remove(n)
+        free = list(n.free)
+        tot = g.total
+        ft = self.free_total
+        names = g.names
+        for i, a in vec:
+            v = round(free[i] + a, 9)
+            assert v <= tot[i] + EPSILON, f"free {names[i]} on {n.id} would exceed its total"
+            free[i] = v if v < tot[i] else tot[i]
+            if up:
+                ft[names[i]] += a
+        n.free = tuple(free)
+        n.version += 1
+        n.info = None
+        if up:
+            g.insert(n)
+        del n.tasks[task_id]
+        del self._running[task_id]
+        self.version += 1
+
+    def available(self) -> dict[str, float]:
+        """Free resources over up nodes."""
+        return {k: v for k, v in sorted(self.free_total.items()) if v > EPSILON}
+
+    def totals(self) -> dict[str, float]:
+        """Total resources over up and draining nodes."""
+        out: dict[str, float] = {}
+        for n in self._nodes.values():
+            if n.state in ("up", "draining"):
+                for k, v in zip(n.group.names, n.group.total, strict=True):
+                    out[k] = out.get(k, 0.0) + v
+        return dict(sorted(out.items()))
+
+    def count_by_type(self) -> dict[str, int]:
+        """Live (not down) nodes per node type, booting included."""
+        out = dict.fromkeys(self.groups, 0)
+        for n in self._nodes.values():
+            if n.state != "down":
+                out[n.spec.name] += 1
+        return out
+
+    def all_nodes(self) -> Mapping[str, SimNode]:
+        """The engine's node table (read-only use)."""
+        return self._nodes
+
+
+def _first(item: tuple[Any, Any]) -> Any:
+    return item[0]

@@ -1,0 +1,1 @@
+"""Tests of the dask backend against real scheduler and worker processes."""
