@@ -3,8 +3,11 @@
 For 1k / 10k / 100k heterogeneous nodes (CPU, GPU, TPU and QPU node shapes),
 half loaded at random, it times (1) ``next(index.fitting(task, order))``, the
 index query a policy makes, and (2) one whole decision as a simulator makes it:
-``policy.schedule([task], index)`` then ``allocate`` and, for the task placed a
-step earlier, ``release``. Should grow about logarithmically with the node count.
+``policy.schedule([task], index)`` then ``allocate`` and, for the task placed
+five decisions earlier, ``release``; (3) the same decision when the policy sees the
+index only through the bare ``ClusterState`` protocol (its generic path, as on a
+cluster state that is not a NodeIndex). All should grow at most logarithmically
+with the node count.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from collections.abc import Callable
 
 from runtime.policies import NodeIndex, TaskInfo, get_policy
 from runtime.resources import Resources
@@ -45,16 +49,69 @@ def build(n: int, rng: random.Random) -> tuple[NodeIndex, int]:
     return idx, tid
 
 
-def per_call(fn, budget: float) -> float:  # noqa: ANN001
-    """Mean seconds per call of ``fn`` over about ``budget`` seconds."""
+def per_call(fn: Callable[[int], None], budget: float) -> float:
+    """Mean seconds per call of ``fn(i)`` over about ``budget`` seconds."""
     n, t0 = 0, time.perf_counter()
     while True:
-        for _ in range(50):
-            fn()
+        for i in range(n, n + 50):
+            fn(i)
         n += 50
         dt = time.perf_counter() - t0
         if dt >= budget:
             return dt / n
+
+
+def query_fn(idx: NodeIndex, order: str) -> Callable[[int], None]:
+    """One index query: the first fitting node of a probe task."""
+    probes = [TaskInfo(10**9 + i, "p", Resources(r)) for i, r in enumerate(REQUESTS)]
+
+    def query(i: int) -> None:
+        next(idx.fitting(probes[i % len(probes)], order), None)  # type: ignore[arg-type]
+
+    return query
+
+
+def decide_fn(idx: NodeIndex, pname: str, first_id: int, held: list[int],
+              view: object = None) -> Callable[[int], None]:
+    """One decision: schedule one task, allocate it, release one placed 5 decisions ago."""
+    pol = get_policy(pname)
+    cluster = idx if view is None else view
+
+    def decide(i: int) -> None:
+        t = TaskInfo(first_id + i, "p", Resources(REQUESTS[i % len(REQUESTS)]))
+        for p in pol.schedule([t], cluster):
+            idx.allocate(t, p.node)
+            held.append(t.id)
+        if len(held) > 4:
+            idx.release(held.pop(0))
+
+    return decide
+
+
+class _View:
+    """The index seen through the bare ClusterState protocol (the policies' generic path)."""
+
+    def __init__(self, idx: NodeIndex) -> None:
+        self.idx = idx
+        self.now = 0.0
+
+    def node(self, node_id: str):  # noqa: ANN201
+        return self.idx.node(node_id)
+
+    def nodes(self):  # noqa: ANN201
+        return self.idx.nodes()
+
+    def fitting(self, task: TaskInfo, order: str = "id"):  # noqa: ANN201
+        return self.idx.fitting(task, order)  # type: ignore[arg-type]
+
+    def speed(self, task: TaskInfo, node: object) -> float:
+        return 1.0
+
+    def running(self):  # noqa: ANN201
+        return self.idx.running()
+
+    def placement_of(self, task_id: int) -> str | None:
+        return self.idx.placement_of(task_id)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,37 +124,23 @@ def main(argv: list[str] | None = None) -> None:
     budget = 0.05 if args.quick else 0.5
     policies = [("fifo", "id"), ("best_fit", "tightest"), ("spread", "loosest")]
     print(f"{'nodes':>8} {'policy':>9} {'fitting() first, us':>20} {'decision, us':>13} "
-          f"{'build, s':>9}")
+          f"{'generic view, us':>17} {'build, s':>9}")
     for n in sizes:
         rng = random.Random(n)
         t0 = time.perf_counter()
         idx, tid = build(n, rng)
         build_s = time.perf_counter() - t0
         for pname, order in policies:
-            pol = get_policy(pname)
-            probes = [TaskInfo(10**9 + i, "p", Resources(r)) for i, r in enumerate(REQUESTS)]
-            k = [0]
-
-            def query() -> None:
-                k[0] += 1
-                next(idx.fitting(probes[k[0] % len(probes)], order), None)
-
             held: list[int] = []
-
-            def decide() -> None:
-                k[0] += 1
-                t = TaskInfo(tid + k[0], "p", Resources(REQUESTS[k[0] % len(REQUESTS)]))
-                for p in pol.schedule([t], idx):
-                    idx.allocate(t, p.node)
-                    held.append(t.id)
-                if len(held) > 4:
-                    idx.release(held.pop(0))
-
-            q = per_call(query, budget)
-            d = per_call(decide, budget)
+            q = per_call(query_fn(idx, order), budget)
+            d = per_call(decide_fn(idx, pname, tid, held), budget)
+            tid += 10**7
+            g = per_call(decide_fn(idx, pname, tid, held, _View(idx)), budget)
+            tid += 10**7
             while held:
                 idx.release(held.pop())
-            print(f"{n:>8} {pname:>9} {q * 1e6:>20.1f} {d * 1e6:>13.1f} {build_s:>9.2f}")
+            print(f"{n:>8} {pname:>9} {q * 1e6:>20.1f} {d * 1e6:>13.1f} {g * 1e6:>17.1f} "
+                  f"{build_s:>9.2f}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import importlib
 import linecache
+import pickle
 import traceback
 import types
 from dataclasses import dataclass, field
@@ -20,8 +21,8 @@ import cloudpickle
 
 from kernel_ext.capture import split_last_expression
 
-__all__ = ["ModuleRef", "CellPayload", "CellResult", "ReprOnly", "run_cell", "pickles",
-           "REMOTE_TB_ATTR"]
+__all__ = ["ModuleRef", "Packed", "pack", "unpack", "CellPayload", "CellResult", "ReprOnly",
+           "run_cell", "REMOTE_TB_ATTR"]
 
 #: Attribute set on an exception raised by a cell: its traceback, cell frames only.
 REMOTE_TB_ATTR = "_nbcluster_remote_tb"
@@ -34,6 +35,45 @@ class ModuleRef:
     name: str
 
 
+#: Buffers at least this large travel out of band (the backend may use shared memory).
+OUT_OF_BAND_BYTES = 1 << 20
+
+
+@dataclass(slots=True)
+class Packed:
+    """One value cloudpickled by us, so ``__main__`` functions and classes always travel
+    by value whatever pickler the backend uses; big buffers stay out of band."""
+
+    data: bytes
+    buffers: list[Any] = field(default_factory=list)
+
+
+def pack(value: Any) -> Packed | ModuleRef:
+    """Cloudpickle ``value`` (a module becomes a :class:`ModuleRef`); raises when it cannot."""
+    if isinstance(value, types.ModuleType):
+        spec = getattr(value, "__spec__", None)
+        if spec is not None and value.__name__ != "__main__":
+            return ModuleRef(value.__name__)
+    raw: list[pickle.PickleBuffer] = []
+    data = cloudpickle.dumps(value, protocol=5, buffer_callback=raw.append)
+    buffers: list[Any] = []
+    for b in raw:
+        try:
+            view = b.raw()
+        except BufferError:  # not contiguous: copy it
+            buffers.append(bytes(memoryview(b)))
+            continue
+        buffers.append(b if view.nbytes >= OUT_OF_BAND_BYTES else bytes(view))
+    return Packed(data, buffers)
+
+
+def unpack(item: Packed | ModuleRef) -> Any:
+    """Inverse of :func:`pack` (a :class:`ModuleRef` is imported here)."""
+    if isinstance(item, ModuleRef):
+        return importlib.import_module(item.name)
+    return pickle.loads(item.data, buffers=item.buffers)
+
+
 @dataclass(slots=True)
 class CellPayload:
     """What a ``%%remote`` cell sends: code, shipped values and what to bring back."""
@@ -41,7 +81,7 @@ class CellPayload:
     source: str
     filename: str
     line_offset: int
-    values: dict[str, Any]
+    values: dict[str, Packed | ModuleRef]
     pull: tuple[str, ...]
 
 
@@ -59,33 +99,10 @@ class ReprOnly:
 class CellResult:
     """What comes back: pulled values, names skipped (unpicklable), the last value."""
 
-    values: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, Packed | ModuleRef] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     has_result: bool = False
-    result: Any = None
-
-
-def pickles(value: Any) -> str | None:
-    """None when ``value`` pickles with cloudpickle, else the error text.
-
-    Large buffers (numpy arrays) are not copied: out-of-band buffers are discarded.
-    """
-    if value is None or type(value) in (int, float, str, bytes, bool, complex):
-        return None
-    try:
-        import io
-
-        cloudpickle.CloudPickler(io.BytesIO(), protocol=5,
-                                 buffer_callback=lambda _b: None).dump(value)
-    except Exception as exc:  # noqa: BLE001 - any pickling failure
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-def _ship_back(value: Any) -> Any:
-    if isinstance(value, types.ModuleType):
-        return ModuleRef(value.__name__)
-    return value
+    result: Packed | ModuleRef | None = None
 
 
 def _trim_traceback(exc: BaseException, filename: str) -> str:
@@ -98,18 +115,22 @@ def _trim_traceback(exc: BaseException, filename: str) -> str:
 def run_cell(payload: CellPayload) -> CellResult:
     """Execute a cell in a fresh ``__main__``-like namespace; return what it pulls back."""
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
-    for name, value in payload.values.items():
-        ns[name] = importlib.import_module(value.name) if isinstance(value, ModuleRef) else value
+    for name, item in payload.values.items():
+        try:
+            ns[name] = unpack(item)
+        except Exception as exc:
+            raise RuntimeError(f"%%remote: variable {name!r} could not be loaded on the "
+                               f"worker: {type(exc).__name__}: {exc}") from None
     text = "\n" * payload.line_offset + payload.source
     linecache.cache[payload.filename] = (len(text), None, text.splitlines(True),
                                          payload.filename)
     body, last = split_last_expression(payload.source, payload.filename, payload.line_offset)
     out = CellResult()
+    value: Any = None
     try:
         exec(compile(body, payload.filename, "exec"), ns)  # noqa: S102 - that is the point
         if last is not None:
-            out.result = eval(compile(last, payload.filename, "eval"), ns)  # noqa: S307
-            out.has_result = out.result is not None
+            value = eval(compile(last, payload.filename, "eval"), ns)  # noqa: S307
     except BaseException as exc:
         try:
             setattr(exc, REMOTE_TB_ATTR, _trim_traceback(exc, payload.filename))
@@ -119,12 +140,14 @@ def run_cell(payload: CellPayload) -> CellResult:
     for name in payload.pull:
         if name not in ns:
             continue
-        value = _ship_back(ns[name])
-        why = pickles(value)
-        if why is None:
-            out.values[name] = value
-        else:
-            out.skipped[name] = f"{type(value).__name__}: {why}"
-    if out.has_result and pickles(out.result) is not None:
-        out.result = ReprOnly(repr(out.result))
+        try:
+            out.values[name] = pack(ns[name])
+        except Exception as exc:  # noqa: BLE001 - report, keep the others
+            out.skipped[name] = f"{type(ns[name]).__name__}: {type(exc).__name__}: {exc}"
+    if value is not None:
+        out.has_result = True
+        try:
+            out.result = pack(value)
+        except Exception:  # noqa: BLE001 - show what it looked like
+            out.result = pack(ReprOnly(repr(value)))
     return out

@@ -10,8 +10,6 @@ task and node, while staying instances of their original type.
 from __future__ import annotations
 
 import html
-import importlib
-import sys
 import threading
 import time
 import traceback
@@ -19,7 +17,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import runtime
-from kernel_ext.cellrun import REMOTE_TB_ATTR, CellResult, ModuleRef
+from kernel_ext.cellrun import REMOTE_TB_ATTR, CellResult, ReprOnly, unpack
 from kernel_ext.output import OutputRouter, StreamRelay
 from runtime.errors import TaskError
 
@@ -179,11 +177,16 @@ class RemoteCell:
             except BaseException as err:  # noqa: BLE001 - cancelled, crashed, shut down
                 outcome = (False, clean_error(err))
             else:
-                values = _localize(res.values)
+                values, skipped = _localize(res.values)
                 self.user_ns.update(values)
                 self.pulled = tuple(values)
-                self.skipped = dict(res.skipped)
-                value = res.result if res.has_result else None
+                self.skipped = {**res.skipped, **skipped}
+                value = None
+                if res.has_result and res.result is not None:
+                    try:
+                        value = unpack(res.result)
+                    except Exception as exc:  # noqa: BLE001 - e.g. a class missing here
+                        value = ReprOnly(f"<result could not be loaded here: {exc}>")
                 if self.output_name:
                     self.user_ns[self.output_name] = value
                 outcome = (True, value)
@@ -228,6 +231,7 @@ class RemoteCell:
     def watch(self, on_done: Callable[[RemoteCell], None] | None = None) -> None:
         """When the task finishes, settle it from a helper thread and report in its cell."""
         def finish() -> None:
+            """Settle the cell and write a one-line note into its cell."""
             ok, value = self._settle()
             if self._relay is not None:
                 took = time.monotonic() - self.started
@@ -244,6 +248,7 @@ class RemoteCell:
                 on_done(self)
 
         def callback(_ref: Any) -> None:
+            """The backend's done-callback: hand off to a helper thread."""
             threading.Thread(target=finish, name="kernel_ext-bg-finish", daemon=True).start()
 
         self.ref.add_done_callback(callback)
@@ -258,23 +263,18 @@ class RemoteCell:
         return f"<code>{html.escape(repr(self))}</code>"
 
 
-def _localize(values: dict[str, Any]) -> dict[str, Any]:
-    """Modules come back by name: import them here (skip those missing locally)."""
-    out = {}
-    for name, value in values.items():
-        if isinstance(value, ModuleRef):
-            try:
-                value = importlib.import_module(value.name)
-            except ImportError:
-                continue
-        out[name] = value
-    return out
+def _localize(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Unpack pulled values here; those that cannot be loaded are reported, not fatal."""
+    out: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for name, item in values.items():
+        try:
+            out[name] = unpack(item)
+        except Exception as exc:  # noqa: BLE001 - a module missing here, say
+            skipped[name] = f"could not be loaded here: {type(exc).__name__}: {exc}"
+    return out, skipped
 
 
 def _poll_for(ref: runtime.ObjectRef) -> float | None:
     return None if getattr(ref.backend, "kind", "") == "sim" else POLL_S
 
-
-def write_err(text: str) -> None:
-    """One line to the user's stderr."""
-    print(text, file=sys.stderr)

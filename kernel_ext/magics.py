@@ -14,7 +14,6 @@ import ast
 import math
 import sys
 import traceback
-import types
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -23,7 +22,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 import runtime
 from kernel_ext.capture import analyze_cell, is_builtin
-from kernel_ext.cellrun import CellPayload, ModuleRef, pickles, run_cell
+from kernel_ext.cellrun import CellPayload, pack, run_cell
 from kernel_ext.handles import RemoteCell, _poll_for, clean_error
 from kernel_ext.output import OutputRouter, StreamRelay, current_parent
 from runtime.options import validate_options
@@ -239,6 +238,7 @@ class ClusterMagics(Magics):
         self._options(_parse(self.remote, flags))  # validate now
 
         def preset(line: str, cell: str) -> Any:
+            """Run the cell as ``%%remote`` with the preset's flags first."""
             return self._remote(f"{flags} {line}", cell)
 
         preset.__doc__ = f"%%{name}: %%remote {flags}"
@@ -331,19 +331,14 @@ class ClusterMagics(Magics):
             if name not in ns:
                 continue  # a builtin, or a NameError the remote run will report
             value = ns[name]
-            if isinstance(value, types.ModuleType):
-                spec = getattr(value, "__spec__", None)
-                if spec is not None and value.__name__ != "__main__":
-                    values[name] = ModuleRef(value.__name__)
-                    continue
-            why = pickles(value)
-            if why is not None:
-                inner = describe_unpicklable(value) or why
+            try:
+                values[name] = pack(value)
+            except Exception as exc:  # noqa: BLE001 - name the variable and the culprit
+                inner = describe_unpicklable(value) or f"{type(exc).__name__}: {exc}"
                 raise clean_error(runtime.SerializationError(
                     f"variable {name!r} of type {type(value).__name__} cannot be shipped to "
                     f"the cluster: the failing part is {inner}. Leave it out of the cell, "
-                    f"or build it inside the cell."))
-            values[name] = value
+                    f"or build it inside the cell.")) from None
         return values
 
     def _analyze(self, cell: str, filename: str) -> Any:

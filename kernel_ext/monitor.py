@@ -154,7 +154,13 @@ class ClusterMonitor:
             pass
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        if isinstance(bundle, dict):
+            try:
+                bundle["text/plain"] = render_text(snapshot(self.backend))
+            except Exception:  # noqa: BLE001 - keep the widget even if the text fails
+                pass
+        return bundle
 
     def __repr__(self) -> str:
         return render_text(snapshot(self.backend))

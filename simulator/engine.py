@@ -143,9 +143,10 @@ class Simulation:
         self.seed = seed
         self.policy = get_policy(policy)
         self.autoscaler = get_autoscaler(autoscaler)
-        self.policy_name = str(getattr(self.policy, "name", type(self.policy).__name__))
-        self.autoscaler_name = str(getattr(self.autoscaler, "name",
-                                           type(self.autoscaler).__name__))
+        self.policy_name = policy if isinstance(policy, str) else str(
+            getattr(self.policy, "name", type(self.policy).__name__))
+        self.autoscaler_name = autoscaler if isinstance(autoscaler, str) else str(
+            getattr(self.autoscaler, "name", type(self.autoscaler).__name__))
         self.window = window
         self.stall_limit = float(stall_limit)
         self._progress_at = 0.0
@@ -657,7 +658,7 @@ class Simulation:
             if n.up_since is not None:
                 n.group.uptime += now - n.up_since
                 n.up_since = now
-        for tid, run in self._run.items():
+        for run in self._run.values():
             busy = run.node.group.busy
             for i, a in run.vec:
                 busy[i] += a * (now - run.start)

@@ -164,12 +164,10 @@ def utilization_series(sim: Simulation, resource: str = "GPU",
         lo = np.clip(edges[:-1], s, e)
         hi = np.clip(edges[1:], s, e)
         used += amt * (hi - lo)
-    cap = sum(g.total[g.index[resource]] for g in sim.state.groups.values()
-              if resource in g.index for _ in range(1)) or 1.0
-    total = 0.0
-    for n in sim.state.all_nodes().values():
-        if resource in n.group.index:
-            total += n.group.total[n.group.index[resource]]
-    cap = total or cap
+    cap = 0.0
+    for g in sim.state.groups.values():  # capacity: node-seconds alive in each bin
+        if resource in g.index:
+            cap += g.total[g.index[resource]] * g.uptime
     width = edges[1] - edges[0]
-    return (edges[:-1] + edges[1:]) / 2, used / (cap * width)
+    mean_cap = cap / end if cap > 0 else 1.0  # time-averaged capacity (autoscaling changes it)
+    return (edges[:-1] + edges[1:]) / 2, used / (mean_cap * width)

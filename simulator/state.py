@@ -62,7 +62,8 @@ class _Group:
     """All nodes of one node type."""
 
     __slots__ = ("spec", "names", "index", "total", "total_res", "accel", "labels", "buckets",
-                 "keys", "req_cache", "res_cache", "cost", "nodes", "busy", "uptime", "model_of")
+                 "keys", "req_cache", "res_cache", "cost", "nodes", "busy", "uptime", "model_of",
+                 "fit")
 
     def __init__(self, spec: NodeSpec) -> None:
         self.spec = spec
@@ -74,6 +75,8 @@ class _Group:
         self.labels = spec.labels
         self.buckets: dict[tuple[float, ...], _Bucket] = {}
         self.keys: list[tuple[float, tuple[float, ...]]] = []  # (score, free) of non-empty buckets
+        # per request vector: the (score, free) keys of non-empty buckets where it fits, sorted
+        self.fit: dict[ReqVec, list[tuple[float, tuple[float, ...]]]] = {}
         self.req_cache: dict[Resources, ReqVec | None] = {}
         self.res_cache: dict[tuple[float, ...], Resources] = {}
         self.cost = spec.hourly_cost
@@ -96,6 +99,8 @@ class _Group:
         if vec is not None and not _fits(self.total, vec):
             vec = None
         self.req_cache[req] = vec
+        if vec is not None and vec not in self.fit:
+            self.fit[vec] = [k for k in self.keys if _fits(k[1], vec)]
         return vec
 
     def score(self, free: tuple[float, ...]) -> float:
@@ -116,7 +121,11 @@ class _Group:
         if b is None:
             b = self.buckets[key] = _Bucket(self.score(key))
         if b.count == 0:
-            bisect.insort(self.keys, (b.score, key))
+            entry = (b.score, key)
+            bisect.insort(self.keys, entry)
+            for vec, lst in self.fit.items():
+                if _fits(key, vec):
+                    bisect.insort(lst, entry)
         b.count += 1
         heapq.heappush(b.heap, (node.id, node.version))
         if len(b.heap) > 2 * b.count + 32:
@@ -128,8 +137,11 @@ class _Group:
         b.count -= 1
         if b.count == 0:
             del self.buckets[key]
-            i = bisect.bisect_left(self.keys, (b.score, key))
-            del self.keys[i]
+            entry = (b.score, key)
+            del self.keys[bisect.bisect_left(self.keys, entry)]
+            for vec, lst in self.fit.items():
+                if _fits(key, vec):
+                    del lst[bisect.bisect_left(lst, entry)]
 
     def _compact(self, b: _Bucket) -> None:
         nodes = self.nodes
@@ -261,19 +273,41 @@ class SimClusterState:
                 heapq.heapreplace(heads, (nxt[0], i, nxt[1], it))
 
     def _group_iter(self, g: _Group, vec: ReqVec, order: str) -> Iterator[tuple[Any, SimNode]]:
+        keys = g.fit[vec]
         if order == "id":
-            its = [((n.id, n) for n in g.ordered(key)) for _, key in g.keys if _fits(key, vec)]
+            its = [((n.id, n) for n in g.ordered(key)) for _, key in keys]
             if len(its) == 1:
                 yield from its[0]
             elif its:
                 yield from heapq.merge(*its, key=_first)
             return
-        keys = g.keys if order == "tightest" else reversed(g.keys)
+        nk = len(keys)
         sign = 1.0 if order == "tightest" else -1.0
-        for score, key in keys:
-            if _fits(key, vec):
-                for n in g.ordered(key):
-                    yield ((sign * score, n.id), n)
+        idx = range(nk) if order == "tightest" else range(nk - 1, -1, -1)
+        run: list[tuple[float, ...]] = []
+        run_score = None
+        for i in idx:
+            score, key = keys[i]
+            if score != run_score:
+                if run:
+                    yield from self._emit_run(g, run, sign * run_score)  # type: ignore[operator]
+                    run = []
+                run_score = score
+            run.append(key)
+        if run:
+            yield from self._emit_run(g, run, sign * run_score)  # type: ignore[operator]
+
+    @staticmethod
+    def _emit_run(g: _Group, run: list[tuple[float, ...]], skey: float
+                  ) -> Iterator[tuple[Any, SimNode]]:
+        """Nodes of buckets with one free score, merged by id."""
+        if len(run) == 1:
+            for n in g.ordered(run[0]):
+                yield ((skey, n.id), n)
+            return
+        its = [((n.id, n) for n in g.ordered(k)) for k in run]
+        for nid, n in heapq.merge(*its, key=_first):
+            yield ((skey, nid), n)
 
     def speed(self, task: TaskInfo, node: NodeInfo) -> float:
         """Relative speed of the task's kind on the node's device (1.0 when unknown)."""

@@ -32,6 +32,9 @@ KINDS: tuple[str, ...] = (
 )
 
 
+_DEVS = ("node", "CPU", "GPU", "TPU", "QPU")
+
+
 class K:
     """Kind codes (indexes into :data:`KINDS`)."""
 
@@ -160,6 +163,7 @@ class Trace:
             if self.kind[i] == K.SUBMITTED:
                 task_meta[self.task[i]] = self.aux[i]
         lanes: dict[tuple[int, str], list[float]] = {}
+        tnames: dict[tuple[int, int], str] = {}
         evs: list[dict[str, Any]] = []
         for t, n, s, e, outcome in sorted(self.attempts(), key=lambda a: (a[2], a[0])):
             if len(evs) >= max_events:
@@ -173,20 +177,21 @@ class Trace:
                 ends.append(e)
             else:
                 ends[lane] = e
+            tid = _DEVS.index(dev) * 10_000 + lane
+            tnames[(n, tid)] = f"{dev} {lane}"
             evs.append({"name": name, "cat": outcome, "ph": "X", "ts": s * 1e6,
-                        "dur": max(e - s, 0.0) * 1e6, "pid": n, "tid": f"{dev} {lane}",
+                        "dur": max(e - s, 0.0) * 1e6, "pid": n, "tid": tid,
                         "args": {"task": t, "tenant": tenant, "kind": kind, "outcome": outcome}})
         for i in range(len(self.time)):
             k = self.kind[i]
             if k in (K.NODE_STATE, K.NODE_REMOVED, K.SCALE):
                 evs.append({"name": KINDS[k], "ph": "i", "s": "p" if k != K.SCALE else "g",
-                            "ts": self.time[i] * 1e6, "pid": max(self.node[i], 0), "tid": "node",
+                            "ts": self.time[i] * 1e6, "pid": max(self.node[i], 0), "tid": 0,
                             "args": json.loads(self.notes[self.aux[i]])})
         meta = [{"name": "process_name", "ph": "M", "pid": i, "args": {"name": nid}}
                 for i, nid in enumerate(self.node_ids)]
-        tids = sorted({(e["pid"], e["tid"]) for e in evs if e.get("ph") == "X"})
-        meta += [{"name": "thread_name", "ph": "M", "pid": p, "tid": t, "args": {"name": t}}
-                 for p, t in tids]
+        meta += [{"name": "thread_name", "ph": "M", "pid": p, "tid": t, "args": {"name": nm}}
+                 for (p, t), nm in sorted(tnames.items())]
         doc = {"traceEvents": meta + evs, "displayTimeUnit": "ms",
                "otherData": {"generator": "nbcluster simulator", "digest": self.digest()}}
         if path is not None:

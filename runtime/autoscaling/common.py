@@ -50,20 +50,38 @@ class Snapshot:
         return sum(row.get(s, 0) for s in states)
 
 
+_SAMPLED = object()
+
+
 class IdleTracker:
-    """Idle-since bookkeeping for clusters that do not report it (free == total, sampled)."""
+    """Idle-since bookkeeping where the cluster does not keep it across decisions.
+
+    A cluster that reports ``idle_nodes()`` and is the same object as last time (a
+    backend's live index) is trusted as is. A fresh snapshot each time (its clock
+    restarts), or a cluster that reports nothing (idle = free == total), is sampled:
+    a node counts as idle since the first decision that saw it idle without a break.
+    """
 
     def __init__(self) -> None:
         self.since: dict[str, float] = {}
+        self.cluster: object = None
 
-    def update(self, nodes: Sequence[NodeInfo], now: float) -> list[tuple[str, float]]:
-        """Record which up nodes are idle now; return ``(id, since)`` longest idle first."""
+    def observe(self, cluster: object, idle: Iterable[tuple[str, float]],
+                now: float) -> list[tuple[str, float]]:
+        """``(id, since)`` of idle nodes, longest idle first (see the class docstring)."""
+        live = cluster is self.cluster
+        self.cluster = cluster
         seen: dict[str, float] = {}
-        for n in nodes:
-            if n.state == "up" and n.free == n.total:
-                seen[n.id] = self.since.get(n.id, now)
+        for nid, since in idle:
+            seen[nid] = since if live else min(since, self.since.get(nid, now))
         self.since = seen
         return sorted(seen.items(), key=lambda p: (p[1], p[0]))
+
+    def update(self, nodes: Sequence[NodeInfo], now: float) -> list[tuple[str, float]]:
+        """Sample idleness (up and free == total) from plain node values."""
+        self.cluster = _SAMPLED
+        return self.observe(object(), [(n.id, now) for n in nodes
+                                   if n.state == "up" and n.free == n.total], now)
 
 
 def snapshot(cluster: ClusterState, tracker: IdleTracker) -> Snapshot:
@@ -84,7 +102,7 @@ def snapshot(cluster: ClusterState, tracker: IdleTracker) -> Snapshot:
             booting.extend([(g.node_type, g.total, labels)] * g.n_state["booting"])
             if g.n_state["booting"] or g.n_state["up"]:
                 hosts.append((g.total, g.accel))
-        idle = sorted(cluster.idle_nodes(), key=lambda p: (p[1], p[0]))  # type: ignore[attr-defined]
+        idle = tracker.observe(cluster, cluster.idle_nodes(), now)  # type: ignore[attr-defined]
         snap = Snapshot(now, counts, idle, booting, hosts=hosts)
         for nid, _ in idle:
             n = cluster.node(nid)
@@ -184,8 +202,8 @@ def pack(unmet: Sequence[TaskInfo], bins: list[Bin], node_types: Mapping[str, No
     """Pack ``unmet`` into ``bins``, then into new nodes of the cheapest fitting types.
 
     ``room`` is how many more nodes of each type may be added (updated in place).
-    Tasks no node type nor present node (``hosts``) could ever host are
-    ``infeasible``; those that only lack room under ``max_count`` are ``capped``.
+    Tasks no node type (with ``max_count > 0``) nor present node (``hosts``) could
+    ever host are ``infeasible``; those that only lack room under ``max_count`` are ``capped``.
     """
     shapes: dict[tuple[Resources, str | None], list[int]] = {}
     for t in sorted(unmet, key=lambda t: (-t.priority, t.id)):
@@ -207,7 +225,7 @@ def pack(unmet: Sequence[TaskInfo], bins: list[Bin], node_types: Mapping[str, No
                 left -= k
         if left == 0:
             continue
-        fitting = [nt for nt in ordered if req.fits(nt.resources)
+        fitting = [nt for nt in ordered if nt.max_count > 0 and req.fits(nt.resources)
                    and (accel is None or nt.accelerator_type == accel)]
         if not fitting:
             present = any(req.fits(total) and (accel is None or a == accel) for total, a in hosts)

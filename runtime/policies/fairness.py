@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from runtime.policies.base import ClusterState, Decision, TaskInfo
 from runtime.policies.ledger import Ledger, fifo_key
@@ -61,7 +61,7 @@ def _usage(cluster: ClusterState) -> dict[str, dict[str, float]]:
 
 
 def _serve(pending: Sequence[TaskInfo], ledger: Ledger, order: str,
-           key: callable, charge: callable) -> list[Decision]:  # type: ignore[valid-type]
+           key: Callable[[str], float], charge: Callable[[TaskInfo], None]) -> list[Decision]:
     """Serve tenants lowest ``key(tenant)`` first, one task at a time; ``charge`` on place."""
     queues: dict[str, deque[TaskInfo]] = {}
     for task in sorted(pending, key=fifo_key):

@@ -28,15 +28,21 @@ class Ledger:
     already placed in this call; ``place(task, order)`` also records it and returns
     a :class:`Place` (or None). Shapes that found no node are remembered, so a
     long queue of equal tasks costs O(1) each once the cluster is full.
+
+    On a cluster that is not a NodeIndex, nodes used in this call move to a small
+    private NodeIndex (the *overlay*, with their reduced free room), and ``pick``
+    keeps one cursor per (request, order) over ``cluster.fitting`` that skips
+    them: each pick costs O(log) amortised, and the order stays exact.
     """
 
     def __init__(self, cluster: ClusterState) -> None:
         self.cluster = cluster
         self.native = isinstance(cluster, NodeIndex) and cluster._undo is None
-        self.taken: dict[str, dict[str, float]] = {}
         self.blocked: set[tuple[Resources, str | None]] = set()
         self.placed: list[Place] = []
         self._deferred: list[tuple[str, Mapping[str, float]]] = []
+        self._overlay: NodeIndex | None = None  # generic path: nodes used in this call
+        self._cursors: dict[tuple[Resources, str | None, str], _Cursor] = {}
         if self.native:
             cluster._undo = []  # type: ignore[union-attr]
 
@@ -47,11 +53,30 @@ class Ledger:
                  tb: TracebackType | None) -> None:
         self.close()
 
+    @property
+    def overlay(self) -> NodeIndex:
+        """Nodes used in this call, with their reduced free room (generic path only)."""
+        if self._overlay is None:
+            self._overlay = NodeIndex()
+        return self._overlay
+
     def sync(self) -> None:
-        """Apply deferred holds (a placement costs index work only if another pick follows)."""
+        """Apply deferred holds, so the view (cluster or overlay) shows this call's placements."""
         deferred, self._deferred = self._deferred, []
+        if self.native:
+            for node_id, amount in deferred:
+                self.cluster._hold(node_id, amount)  # type: ignore[union-attr]
+            return
+        ov = self.overlay
         for node_id, amount in deferred:
-            self.cluster._hold(node_id, amount)  # type: ignore[union-attr]
+            if node_id not in ov:
+                base = self.cluster.node(node_id)
+                ov.add_node(node_id, base.node_type, base.total, base.labels, "up",
+                            base.cost_per_hour)
+                ov._set_free(ov.node(node_id), base.free if isinstance(base.free, Resources)
+                             else Resources(base.free))
+            info = ov.node(node_id)
+            ov._set_free(info, info.free - amount)
 
     def close(self) -> None:
         """Undo the tentative holds (idempotent)."""
@@ -67,10 +92,12 @@ class Ledger:
             if self._deferred:
                 self.sync()
             return self.cluster.node(node.id).free
-        used = self.taken.get(node.id)
-        if not used:
-            return node.free
-        return {k: node.free.get(k, 0.0) - used.get(k, 0.0) for k in set(node.free) | set(used)}
+        if self._deferred:
+            self.sync()
+        ov = self._overlay
+        if ov is not None and node.id in ov:
+            return ov.node(node.id).free
+        return node.free
 
     def fits(self, task: TaskInfo, node: NodeInfo) -> bool:
         """True when ``task`` still fits on ``node`` in this call."""
@@ -83,23 +110,16 @@ class Ledger:
                 self.sync()
             yield from self.cluster.fitting(task, order)
             return
-        if order == "id" or not self.taken:
-            for node in self.cluster.fitting(task, order):
-                if node.id not in self.taken or self.fits(task, node):
-                    yield node
+        if self._deferred:
+            self.sync()
+        overlay = self._overlay
+        if overlay is None or not len(overlay):
+            yield from self.cluster.fitting(task, order)
             return
-        # nodes used in this call moved in the order: merge them back at their new place
-        sign = -1.0 if order == "loosest" else 1.0
-        taken = self.taken
-        touched = []
-        for nid in taken:
-            node = self.cluster.node(nid)
-            if node.state == "up" and node_can_host(task, node, free=False) and self.fits(task, node):
-                touched.append((sign * score_of(self.free(node), node.total), nid, node))
-        touched.sort(key=lambda e: e[:2])
-        rest = ((sign * score_of(n.free, n.total), n.id, n)
-                for n in self.cluster.fitting(task, order) if n.id not in taken)
-        for _, _, node in heapq.merge(rest, touched, key=lambda e: e[:2]):
+        key = _KEYS[order]
+        rest = ((key(n), n) for n in self.cluster.fitting(task, order) if n.id not in overlay)
+        used = ((key(n), n) for n in overlay.fitting(task, order))
+        for _, node in heapq.merge(rest, used, key=_first):
             yield node
 
     def pick(self, task: TaskInfo, order: FitOrder = "id") -> NodeInfo | None:
@@ -107,41 +127,80 @@ class Ledger:
         shape = (task.request, task.accelerator_type)
         if shape in self.blocked:
             return None
-        node = next(self.candidates(task, order), None)
+        if self.native:
+            node = next(self.candidates(task, order), None)
+        else:
+            node = self._pick_generic(task, order)
         if node is None:
             self.blocked.add(shape)
         return node
 
+    def _pick_generic(self, task: TaskInfo, order: str) -> NodeInfo | None:
+        if self._deferred:
+            self.sync()
+        ck = (task.request, task.accelerator_type, order)
+        cur = self._cursors.get(ck)
+        if cur is None:
+            if order not in _KEYS:
+                raise ValueError(f"order={order!r}: expected 'id', 'tightest' or 'loosest'")
+            cur = self._cursors[ck] = _Cursor(self.cluster.fitting(task, order))  # type: ignore[arg-type]
+        ov = self._overlay
+        if ov is None:
+            return cur.head(None)
+        head = cur.head(ov)
+        used = next(ov.fitting(task, order), None)  # type: ignore[arg-type]
+        if head is None or used is None:
+            return used if head is None else head
+        key = _KEYS[order]
+        return used if key(used) < key(head) else head
+
     # recording -----------------------------------------------------------------
     def take(self, task: TaskInfo, node_id: str) -> Place:
         """Record ``task`` as placed on ``node_id`` and return the decision."""
-        if self.native:
-            self._deferred.append((node_id, task.request))
-        else:
-            slot = self.taken.setdefault(node_id, {})
-            for k, v in task.request.items():
-                slot[k] = slot.get(k, 0.0) + v
+        self.hold(node_id, task.request)
         p = Place(task.id, node_id)
         self.placed.append(p)
         return p
 
     def hold(self, node_id: str, amount: Mapping[str, float]) -> None:
         """Keep ``amount`` on ``node_id`` out of reach for the rest of this call."""
-        if self.native:
-            self._deferred.append((node_id, amount))
-        else:
-            slot = self.taken.setdefault(node_id, {})
-            for k, v in amount.items():
-                slot[k] = slot.get(k, 0.0) + v
+        self._deferred.append((node_id, amount))
 
     def place(self, task: TaskInfo, order: FitOrder = "id") -> Place | None:
         """``pick`` then ``take``: place ``task`` on its first fitting node, or None."""
         node = self.pick(task, order)
         return None if node is None else self.take(task, node.id)
 
-    def unblock(self) -> None:
-        """Forget which shapes found no node (after capacity grew, e.g. preemption)."""
-        self.blocked.clear()
+
+class _Cursor:
+    """A lookahead over one ``cluster.fitting`` stream, skipping nodes used in this call."""
+
+    __slots__ = ("it", "node")
+
+    def __init__(self, it: Iterator[NodeInfo]) -> None:
+        self.it = it
+        self.node: NodeInfo | None = None
+
+    def head(self, used: NodeIndex | None) -> NodeInfo | None:
+        """The first node of the stream not in ``used`` (None when exhausted)."""
+        node = self.node
+        while node is None or (used is not None and node.id in used):
+            node = next(self.it, None)
+            if node is None:
+                break
+        self.node = node
+        return node
+
+
+def _first(e: tuple) -> object:  # noqa: ANN401
+    return e[0]
+
+
+_KEYS = {
+    "id": lambda n: n.id,
+    "tightest": lambda n: (score_of(n.free, n.total), n.id),
+    "loosest": lambda n: (-score_of(n.free, n.total), n.id),
+}
 
 
 def fifo_key(task: TaskInfo) -> tuple[float, int]:

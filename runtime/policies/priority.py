@@ -20,6 +20,8 @@ from runtime.policies.ledger import Ledger, hosts_for, priority_key, tasks_by_no
 
 __all__ = ["PriorityPreempt"]
 
+_NEVER = -(2**63)
+
 
 class PriorityPreempt:
     """Highest priority first; preempts lower-priority running tasks when needed."""
@@ -42,6 +44,7 @@ class PriorityPreempt:
                         if cluster.placement_of(v) is not None}
         waiting = set(self.victims.values())
         by_node: dict[str, list[TaskInfo]] | None = None
+        failed: dict[tuple, int] = {}  # shape -> highest priority that found no victims
         out: list[Decision] = []
         with Ledger(cluster) as ledger:
             for task in sorted(pending, key=priority_key):
@@ -51,10 +54,14 @@ class PriorityPreempt:
                     continue
                 if not self.preempt or task.id in waiting:
                     continue
+                shape = (task.request, task.accelerator_type)
+                if failed.get(shape, _NEVER) >= task.priority:
+                    continue  # an equal task of no lower priority found no victims this call
                 if by_node is None:
                     by_node = _on_nodes(cluster)
                 found = self._victims_for(task, cluster, ledger, by_node)
                 if found is None:
+                    failed[shape] = max(failed.get(shape, _NEVER), task.priority)
                     continue
                 node, chosen = found
                 for v in chosen:

@@ -15,7 +15,7 @@ asserts it.
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -34,6 +34,7 @@ SpeedTable = Mapping[str, Mapping[str, float]]
 """``{task kind: {device model: relative speed}}``; missing entries mean 1.0."""
 
 _ORDERS = ("id", "tightest", "loosest")
+_WALK = 16  # up nodes the id order checks one by one before merging buckets
 _STATES = ("booting", "up", "draining", "down")
 
 
@@ -71,7 +72,7 @@ class _Group:
     """Nodes of one shape (total resources, accelerator, node type, cost)."""
 
     __slots__ = ("key", "total", "accel", "node_type", "cost", "ids", "buckets", "order",
-                 "n_state")
+                 "n_state", "up_ids")
 
     def __init__(self, key: tuple[Any, ...], total: Resources, accel: str | None,
                  node_type: str, cost: float) -> None:
@@ -84,9 +85,11 @@ class _Group:
         self.buckets: dict[tuple[tuple[str, float], ...], _Bucket] = {}
         self.order: list[tuple[float, tuple[tuple[str, float], ...]]] = []  # sorted bucket keys
         self.n_state = dict.fromkeys(_STATES, 0)
+        self.up_ids: list[str] = []  # up nodes, sorted (the id order's fast start)
 
     # bucket maintenance ------------------------------------------------------
     def insert(self, node_id: str, free: Resources) -> None:
+        """Put an up node into the bucket of its free resources."""
         fkey = tuple(_items(free).items())
         b = self.buckets.get(fkey)
         if b is None:
@@ -95,6 +98,7 @@ class _Group:
         insort(b.ids, node_id)
 
     def discard(self, node_id: str, free: Resources) -> None:
+        """Take an up node out of the bucket of its (old) free resources."""
         fkey = tuple(_items(free).items())
         b = self.buckets[fkey]
         i = bisect_left(b.ids, node_id)
@@ -159,12 +163,25 @@ class _Group:
             for nid in ids:
                 yield (s, nid)
 
-    def by_id(self, req: Resources) -> Iterator[str]:
-        """Ids of fitting up nodes, in id order."""
-        lists = [b.ids for run in self._runs(req, "tightest") for b in run]
-        if len(lists) == 1:
-            return iter(lists[0])
-        return heapq.merge(*lists)
+    def by_id(self, req: Resources, nodes: Mapping[str, NodeInfo]) -> Iterator[str]:
+        """Ids of fitting up nodes, in id order.
+
+        Walks the first few up nodes directly (usually one of them fits), then
+        merges the fitting buckets' id lists from where the walk stopped.
+        """
+        rq = _items(req)
+        ups = self.up_ids
+        limit = min(len(ups), _WALK)
+        for i in range(limit):
+            nid = ups[i]
+            if _fits(rq, _items(nodes[nid].free)):
+                yield nid
+        if limit == len(ups):
+            return
+        last = ups[limit - 1]
+        lists = [map(b.ids.__getitem__, range(bisect_right(b.ids, last), len(b.ids)))
+                 for run in self._runs(req, "tightest") for b in run]
+        yield from (lists[0] if len(lists) == 1 else heapq.merge(*lists))
 
 
 class NodeIndex:
@@ -224,7 +241,7 @@ class NodeIndex:
         groups = self.candidate_groups(req, accel)
         nodes = self._nodes
         if order == "id":
-            its = [g.by_id(req) for g in groups]
+            its = [g.by_id(req, nodes) for g in groups]
             ids = its[0] if len(its) == 1 else heapq.merge(*its)
             for nid in ids:
                 yield nodes[nid]
@@ -254,7 +271,7 @@ class NodeIndex:
             return next(self.fitting(task, order), None)
         req = task.request
         if order == "id":
-            nid = next(group.by_id(req), None)
+            nid = next(group.by_id(req, self._nodes), None)
         else:
             got = next(group.scored(req, order), None)
             nid = got[1] if got else None
@@ -319,6 +336,7 @@ class NodeIndex:
                  labels: Mapping[str, str] | None = None, state: NodeState = "up",
                  cost_per_hour: float = 0.0) -> NodeInfo:
         """Register a node (all resources free)."""
+        self._no_holds("add_node")
         if node_id in self._nodes:
             raise ValueError(f"node {node_id!r} already exists")
         if state not in _STATES:
@@ -339,16 +357,19 @@ class NodeIndex:
         self._tasks_on[node_id] = {}
         if state == "up":
             group.insert(node_id, tot)
+            insort(group.up_ids, node_id)
             self._idle[node_id] = self.now
         self._changed()
         return info
 
     def remove_node(self, node_id: str) -> list[int]:
         """Forget a node; returns the ids of tasks that were running on it (now released)."""
+        self._no_holds("remove_node")
         info = self._nodes.pop(node_id)
         group = self._group_of.pop(node_id)
         if info.state == "up":
             group.discard(node_id, info.free)
+            group.up_ids.remove(node_id)
         group.n_state[info.state] -= 1
         del group.ids[node_id]
         if not group.ids:
@@ -366,6 +387,7 @@ class NodeIndex:
 
     def set_state(self, node_id: str, state: NodeState) -> None:
         """Change a node's state (booting -> up -> draining -> down)."""
+        self._no_holds("set_state")
         if state not in _STATES:
             raise ValueError(f"state={state!r}: expected one of {', '.join(_STATES)}")
         info = self._nodes[node_id]
@@ -374,6 +396,7 @@ class NodeIndex:
         group = self._group_of[node_id]
         if info.state == "up":
             group.discard(node_id, info.free)
+            group.up_ids.remove(node_id)
             self._idle.pop(node_id, None)
         group.n_state[info.state] -= 1
         group.n_state[state] += 1
@@ -381,6 +404,7 @@ class NodeIndex:
                                         info.labels, state, info.cost_per_hour)
         if state == "up":
             group.insert(node_id, info.free)
+            insort(group.up_ids, node_id)
             if not self._tasks_on[node_id]:
                 self._idle[node_id] = self.now
         self._changed()

@@ -186,12 +186,14 @@ def write_synthetic_trace(path: str | Path, n: int = 200, seed: int = 0) -> Path
                     "kind", "tenant", "priority", "job_id", "deadline"])
         for i in range(n):
             t += rng.expovariate(1 / 20.0)
-            r = rng.random()
-            acc = 0.0
-            for kind, cpus, gpus, gtype, p in kinds:
-                acc += p
-                if r <= acc:
+            r = rng.random() * sum(k[4] for k in kinds)
+            pick = kinds[-1]
+            for entry in kinds:
+                r -= entry[4]
+                if r <= 0:
+                    pick = entry
                     break
+            kind, cpus, gpus, gtype, _ = pick
             dur = round(rng.lognormvariate(math.log(120.0 if kind != "prep" else 30.0), 1.0), 3)
             extra = "TPU=1" if kind == "tpu_train" else ""
             tenant = rng.choice(["vision", "nlp", "quantum-lab", "ads"])

@@ -106,6 +106,9 @@ def test_infeasible_reported_once_and_never_launched() -> None:
     assert "infeasible" in first.reason
     second = a.decide(unmet, idx, TYPES)
     assert second.infeasible == [] and second.add == {}
+    # a node type that may never have a node (max_count 0) cannot make a task feasible
+    never = {"gpu": NodeType("gpu", {"CPU": 1, "GPU": 1}, max_count=0)}
+    assert DemandAutoscaler().decide([task(7, GPU=1)], idx, never).infeasible == [7]
 
 
 def test_idle_timeout_with_hysteresis_and_min_count() -> None:
@@ -161,10 +164,13 @@ def test_target_scales_up_to_reach_the_target() -> None:
         idx.add_node(f"n{i}", "cpu", {"CPU": 4})
         for j in range(4):
             idx.allocate(task(10 * i + j), f"n{i}")
-    a = TargetUtilization(target=0.75, tolerance=0.05)
+    from ..policies.test_policies import PlainView
+
     unmet = [task(100 + i) for i in range(4)]
-    dec = a.decide(unmet, idx, {"cpu": TYPES["cpu"]})
-    assert dec.add == {"cpu": 2}  # load 12 / 0.75 = 16 CPU wanted, 8 there
+    for view in (idx, PlainView(idx)):
+        dec = TargetUtilization(target=0.75, tolerance=0.05).decide(unmet, view,
+                                                                    {"cpu": TYPES["cpu"]})
+        assert dec.add == {"cpu": 2}  # load 12 / 0.75 = 16 CPU wanted, 8 there
     # below target + tolerance: nothing
     idx2 = NodeIndex()
     idx2.add_node("n0", "cpu", {"CPU": 4})
@@ -249,3 +255,27 @@ def test_get_autoscaler_errors_name_the_choices() -> None:
     with pytest.raises(ValueError, match="target must be a number > 0 and <= 1, got 1.5"):
         TargetUtilization(target=1.5)
     assert set(AUTOSCALERS) >= {"none", "demand", "target"}
+
+
+def test_idle_clock_survives_fresh_snapshots_and_plain_views() -> None:
+    # a backend that builds a new NodeIndex per decision (its idle clocks restart) and
+    # a view that only has the bare ClusterState protocol both age idleness correctly
+    from ..policies.test_policies import PlainView
+
+    types = {"cpu": NodeType("cpu", {"CPU": 2})}
+
+    def snap(now: float, busy: bool) -> NodeIndex:
+        idx = NodeIndex()
+        idx.now = now
+        idx.add_node("n0", "cpu", {"CPU": 2})
+        if busy:
+            idx.allocate(task(1), "n0")
+        return idx
+
+    for wrap in (lambda i: i, PlainView):
+        a = DemandAutoscaler(idle_timeout=30.0)
+        assert a.decide([], wrap(snap(0.0, False)), types).remove == []
+        assert a.decide([], wrap(snap(20.0, True)), types).remove == []  # busy: clock resets
+        assert a.decide([], wrap(snap(40.0, False)), types).remove == []
+        assert a.decide([], wrap(snap(60.0, False)), types).remove == []  # idle 20 s only
+        assert a.decide([], wrap(snap(71.0, False)), types).remove == ["n0"]

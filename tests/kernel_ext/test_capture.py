@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from kernel_ext.capture import analyze_cell, split_last_expression
-from kernel_ext.cellrun import CellPayload, ModuleRef, ReprOnly, run_cell
+from kernel_ext.cellrun import CellPayload, ModuleRef, ReprOnly, pack, run_cell, unpack
 
 
 def reads(src: str) -> set[str]:
+    """The names a cell reads."""
     return set(analyze_cell(src).reads)
 
 
@@ -63,12 +64,12 @@ def test_syntax_error_raises():
 def test_run_cell_executes_pulls_and_returns_last_value():
     """The task body runs the code with shipped values and pulls assigned names."""
     payload = CellPayload("import math\ny = x * 2\nz = math.sqrt(16)\ny + 1", "<t>", 1,
-                          {"x": 20}, ("y", "z", "math", "missing"))
+                          {"x": pack(20)}, ("y", "z", "math", "missing"))
     res = run_cell(payload)
-    assert res.values["y"] == 40 and res.values["z"] == 4.0
+    assert unpack(res.values["y"]) == 40 and unpack(res.values["z"]) == 4.0
     assert res.values["math"] == ModuleRef("math")
     assert "missing" not in res.values
-    assert res.has_result and res.result == 41
+    assert res.has_result and unpack(res.result) == 41
 
 
 def test_run_cell_skips_unpicklable_names_and_reprs_results():
@@ -76,9 +77,28 @@ def test_run_cell_skips_unpicklable_names_and_reprs_results():
     payload = CellPayload("import threading\nlock = threading.Lock()\nok = 1\nlock", "<t>", 1,
                           {}, ("lock", "ok"))
     res = run_cell(payload)
-    assert res.values == {"ok": 1, "threading": ModuleRef("threading")} or res.values["ok"] == 1
+    assert unpack(res.values["ok"]) == 1 and set(res.values) == {"ok"}
     assert "lock" in res.skipped and "lock" in res.skipped["lock"].lower()
-    assert isinstance(res.result, ReprOnly) and "lock" in repr(res.result)
+    shown = unpack(res.result)
+    assert isinstance(shown, ReprOnly) and "lock" in repr(shown)
+
+
+def test_pack_keeps_main_functions_by_value_and_big_buffers_out_of_band():
+    """A function from __main__ travels by value; a large array's buffer stays out of band."""
+    import pickle
+
+    import numpy as np
+
+    ns: dict = {"__name__": "__main__"}
+    exec("def triple(v):\n    return 3 * v\n", ns)
+    packed = pack(ns["triple"])
+    assert unpack(pickle.loads(pickle.dumps(packed)))(5) == 15
+    arr = np.arange(300_000, dtype=np.float64)
+    big = pack(arr)
+    assert len(big.data) < 10_000 and len(big.buffers) == 1
+    assert isinstance(big.buffers[0], pickle.PickleBuffer)
+    again = pickle.loads(pickle.dumps(big, protocol=5))
+    assert np.array_equal(unpack(again), arr)
 
 
 def test_run_cell_error_carries_trimmed_traceback():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import psutil
 import pytest
 
@@ -14,6 +12,7 @@ pytestmark = [pytest.mark.timeout(120)]
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
+    """One kernel with the extension and a 2-CPU local cluster; no process outlives it."""
     k = Kernel(str(tmp_path_factory.mktemp("kernel")))
     pid = k.km.provisioner.process.pid if k.km.provisioner else None
     children: list[int] = []
@@ -31,8 +30,9 @@ def kernel(tmp_path_factory):
 def test_stream_result_and_pulled_names(kernel):
     """Output lands in the cell (its parent), the last expression is the result,
     and assigned names (functions and modules included) come back."""
-    kernel.value("base = 7\ndef triple(v):\n    return 3 * v\n1")
-    msg_id = kernel.submit("%%remote\nimport math\nx = triple(base)\n"
+    kernel.value("base = 7\ndef triple(v):\n    return 3 * v\n"
+                 "class Box:\n    def __init__(self, v):\n        self.v = v\n1")
+    msg_id = kernel.submit("%%remote\nimport math\nx = triple(base)\nbox = Box(x)\n"
                            "print('remote says', x)\nroot = math.sqrt(x * 3)\nx + 1")
     assert kernel.wait_until(lambda: kernel.idle(msg_id), 60)
     msgs = kernel.for_request(msg_id)
@@ -43,6 +43,7 @@ def test_stream_result_and_pulled_names(kernel):
     # pulled back: checked by a later, ordinary cell
     assert kernel.value("(x, root, math.pi > 3, type(triple).__name__)") == \
         "(21, 7.937253933193772, True, 'function')"
+    assert kernel.value("isinstance(box, Box), box.v") == "(True, 21)"
 
 
 def test_output_streams_while_the_cell_runs(kernel, tmp_path):
@@ -121,6 +122,14 @@ def test_interrupt_cancels_the_remote_task(kernel, tmp_path):
     assert not finished.exists()
 
 
+def test_remote_crash_does_not_hang_the_kernel(kernel):
+    """A cell that kills its worker fails with a clear error; the next cell works."""
+    msgs = kernel.run("%%remote\nimport os\nos._exit(3)", timeout=60)
+    err = first(msgs, "error")
+    assert err is not None and err["content"]["ename"] == "WorkerCrashedError"
+    assert kernel.value("%%remote\n'still fine'") == "'still fine'"
+
+
 def test_background_cell_returns_a_handle(kernel, tmp_path):
     """--bg returns at once with a handle; pulled names arrive when it finishes."""
     go = tmp_path / "go-bg"
@@ -164,6 +173,7 @@ def test_monitor_widget_updates_from_events(kernel):
     kernel.value("%%remote\n'tick'")
 
     def updated() -> bool:
+        """Whether a widget update mentioning finished tasks arrived."""
         return any(m["msg_type"] == "comm_msg" and "finished" in str(m["content"]["data"])
                    for m in kernel.messages[before:])
 

@@ -11,6 +11,7 @@ import runtime
 
 @pytest.fixture
 def ip():
+    """An in-process shell with the extension loaded."""
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "kernel_ext")
     yield shell
@@ -45,6 +46,7 @@ def test_help_has_usage_and_examples(ip):
 
 
 def run(ip, src):
+    """Run a cell; return its error (None when it succeeded)."""
     res = ip.run_cell(src)
     return res.error_in_exec or res.error_before_exec
 

@@ -26,12 +26,15 @@ class EventBackend:
         self.closed = False
 
     def now(self) -> float:
+        """The hand-driven clock."""
         return self.t
 
     def describe(self):
+        """The summary a backend gives."""
         return {"backend": self.kind}
 
     def nodes(self):
+        """One A100 node; raises once the backend is 'shut down'."""
         if self.closed:
             raise RuntimeError("backend is shut down")
         total = Resources({"CPU": 4, "GPU": 2})
@@ -39,11 +42,13 @@ class EventBackend:
                          {"accelerator_type": "A100"})]
 
     def emit(self, kind, task=None, node=None, **data):
+        """Publish one event, one virtual second after the last."""
         self.t += 1.0
         self.events.emit(self.t, kind, task, node, **data)
 
 
 def wait_for(cond, timeout=5.0):
+    """Poll ``cond()`` until true or ``timeout`` seconds pass."""
     ev = threading.Event()
     for _ in range(int(timeout / 0.01)):
         if cond():
@@ -138,3 +143,13 @@ def test_text_fallback_follows_changes():
     printed = mon.follow(0.6)
     assert printed >= 2 and "pending 1" in out.getvalue()
     assert len(b.events._subs) == 1
+
+
+def test_falls_back_to_text_without_ipywidgets(monkeypatch):
+    """With ipywidgets not importable, make_monitor returns the text monitor."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)
+    mon = make_monitor(EventBackend())
+    assert isinstance(mon, TextMonitor)
+    assert "sim cluster" in mon.render()

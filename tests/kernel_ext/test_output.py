@@ -19,13 +19,16 @@ class ParentStream(io.StringIO):
         self.writes: list[tuple[object, str]] = []
 
     def set_thread_parent(self, parent):
+        """Set the parent; returns the old one as the reset token."""
         old, self.parent = self.parent, parent
         return old
 
     def reset_thread_parent(self, token):
+        """Restore the parent saved in ``token``."""
         self.parent = token
 
     def write(self, text):
+        """Record the write with the parent in force."""
         self.writes.append((self.parent, text))
         return super().write(text)
 
@@ -39,6 +42,7 @@ class HookBackend:
 
 
 def wait_for(cond, timeout=5.0):
+    """Poll ``cond()`` until true or ``timeout`` seconds pass."""
     ev = threading.Event()
     for _ in range(int(timeout / 0.01)):
         if cond():

@@ -16,6 +16,7 @@ pytestmark = [pytest.mark.timeout(90)]
 
 @pytest.fixture(scope="module")
 def ip():
+    """A plain IPython shell with the extension; shuts the cluster down and checks pids."""
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "kernel_ext")
     me = psutil.Process()
@@ -89,3 +90,13 @@ def test_connect_twice_is_refused(ip):
         ip.run_line_magic("cluster", "connect --cpus 1")
     with pytest.raises(UsageError, match="disconnect first"):
         ip.run_line_magic("cluster", "connect")
+
+
+def test_infeasible_request_fails_fast(ip, capsys):
+    """Asking for a GPU on a CPU-only cluster fails at submit, naming the resource."""
+    if not runtime.is_initialized():
+        ip.run_line_magic("cluster", "connect --cpus 1")
+    err = ip.run_cell("%%remote --gpus 1\nx = 1").error_in_exec
+    assert isinstance(err, runtime.InfeasibleRequestError)
+    shown = capsys.readouterr()
+    assert "GPU" in shown.out + shown.err and "Traceback" not in shown.out + shown.err

@@ -37,6 +37,7 @@ def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                             resources={"metadata": {"path": str(path.parent)}})
 
     def record(**_kw: object) -> None:
+        """Remember every process the kernel has started so far."""
         proc = client.km.provisioner.process if client.km and client.km.provisioner else None
         if proc is not None:
             try:

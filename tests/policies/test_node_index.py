@@ -43,11 +43,12 @@ def test_fitting_orders_small() -> None:
         idx.fitting(t, "best")  # type: ignore[arg-type]
 
 
-def test_randomised_against_naive_model() -> None:
-    rng = random.Random(7)
+@pytest.mark.parametrize("n_nodes", [60, 400])
+def test_randomised_against_naive_model(n_nodes: int) -> None:
+    rng = random.Random(n_nodes)
     idx = NodeIndex()
     shapes = [{"CPU": 4}, {"CPU": 8, "memory": 16.0}, {"CPU": 8, "GPU": 2}, {"CPU": 2, "QPU": 1}]
-    for i in range(60):
+    for i in range(n_nodes):
         sh = dict(shapes[i % 4])
         labels = {"accelerator_type": "V100"} if "GPU" in sh and i % 8 == 2 else {}
         idx.add_node(f"n{i:03d}", f"t{i % 4}", sh, labels=labels)
@@ -57,7 +58,7 @@ def test_randomised_against_naive_model() -> None:
     next_id = 0
     for step in range(1500):
         op = rng.random()
-        if op < 0.55:
+        if op < 0.55 + (0.2 if step < 700 and n_nodes > 100 else 0.0):
             req = rng.choice(requests)
             accel = "V100" if "GPU" in req and rng.random() < 0.3 else None
             t = task(next_id, accel=accel, **req)

@@ -299,3 +299,47 @@ def test_backend_cannot_allocate_while_a_policy_holds() -> None:
             idx.allocate(task(2), "a")
     idx.allocate(task(2), "a")
     assert idx.available() == {"CPU": 1.0}
+
+
+@pytest.mark.parametrize("name", ["fifo", "best_fit", "spread", "drf", "priority", "backfill",
+                                  "hetero", "hetero_cost"])
+def test_generic_path_matches_native_on_a_random_busy_cluster(name: str) -> None:
+    rng = random.Random(11)
+    shapes = [{"CPU": 4}, {"CPU": 8, "GPU": 2, "accel": "V100", "cost": 1.0},
+              {"CPU": 2, "mem": 8}, {"CPU": 16, "GPU": 4, "accel": "A100", "cost": 5.0}]
+
+    def build() -> NodeIndex:
+        r = random.Random(3)
+        idx = cluster(*[(f"n{i:03d}", shapes[i % 4]) for i in range(120)],
+                      speeds={"f": {"V100": 1.0, "A100": 2.5, "cpu": 0.5}})
+        for j in range(150):
+            t = task(10_000 + j, CPU=r.choice([1, 2]))
+            node = next(iter(sorted(idx.fitting(t, "id"), key=lambda n: r.random())), None)
+            if node is not None:
+                idx.allocate(t, node.id)
+        return idx
+
+    reqs = [{"CPU": 1}, {"CPU": 2}, {"CPU": 1, "GPU": 1}, {"CPU": 1, "mem": 2}, {"GPU": 2}]
+    pending = [task(i, tenant=rng.choice("ab"), priority=rng.randrange(3),
+                    accel=rng.choice([None, None, "A100"]) if i % 5 == 2 else None,
+                    hint=float(rng.randrange(1, 9)), **rng.choice(reqs)) for i in range(500)]
+    native = list(get_policy(name).schedule(pending, build()))
+    generic = list(get_policy(name).schedule(pending, PlainView(build())))
+    assert generic == native
+    idx = build()
+    apply(idx, native, pending)
+
+
+def test_priority_victims_are_distinct_and_freed_room_is_held() -> None:
+    idx = cluster(("n1", {"CPU": 2}), ("n2", {"CPU": 2}))
+    for i in range(4):
+        idx.allocate(task(900 + i, CPU=1), f"n{1 + i // 2}")
+    out = PriorityPreempt().schedule([task(1, priority=5, CPU=2), task(2, priority=5, CPU=2)], idx)
+    victims = {d.task: d.reason for d in out if isinstance(d, Preempt)}
+    assert sorted(victims) == [900, 901, 902, 903] and not any(isinstance(d, Place) for d in out)
+    assert {victims[900], victims[901]} == {"preempted by task 1 (priority 5 > 0)"}
+    # one CPU already free on n1: it is kept for the high-priority task, not given away
+    idx2 = cluster(("n1", {"CPU": 2}))
+    idx2.allocate(task(900, CPU=1), "n1")
+    out = PriorityPreempt().schedule([task(1, priority=5, CPU=2), task(2, priority=0)], idx2)
+    assert [type(d).__name__ for d in out] == ["Preempt"] and out[0].task == 900

@@ -19,7 +19,8 @@ def sim() -> Iterator[Callable[..., SimBackend]]:
     that ``time.sleep`` is the real one again."""
 
     def start(**options: Any) -> SimBackend:
-        options.setdefault("num_cpus", 2) if "nodes" not in options else None
+        if "nodes" not in options:
+            options.setdefault("num_cpus", 2)
         handle = rt.init("sim", **options)
         backend = handle.backend
         assert isinstance(backend, SimBackend)

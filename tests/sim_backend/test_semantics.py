@@ -338,3 +338,92 @@ def test_bad_init_options_are_named(sim):
         sim(speeds={"train": {"A100": -1}})
     with pytest.raises(ValueError, match="policy"):
         sim(policy="no-such-policy")
+
+
+def test_bodies_see_the_submitters_context_vars(sim):
+    """A body runs in a copy of its submitter's contextvars (as asyncio tasks do);
+    what it sets stays its own."""
+    import contextvars
+
+    var = contextvars.ContextVar("var", default="unset")
+    sim(num_cpus=1)
+    token = var.set("driver")
+    try:
+        @rt.remote
+        def change() -> str:
+            var.set("changed")
+            return var.get()
+
+        @rt.remote
+        def read() -> str:
+            return var.get()
+
+        assert rt.get(change.remote()) == "changed"
+        assert rt.get(read.remote()) == "driver" and var.get() == "driver"
+    finally:
+        var.reset(token)
+
+
+def test_a_task_can_cancel_another_running_task(sim):
+    """cancel() called inside a body unwinds the other task's body (its finally runs)."""
+    sim(num_cpus=2)
+    log: list[str] = []
+
+    @rt.remote
+    def victim() -> None:
+        try:
+            time.sleep(1e6)
+        finally:
+            log.append(f"victim unwound at {rt.now():g}")
+
+    @rt.remote
+    def killer(ref: list) -> bool:
+        rt.sleep(3)
+        return rt.cancel(ref[0])
+
+    v = victim.remote()
+    assert rt.get(killer.remote([v])) is True
+    with pytest.raises(rt.TaskCancelledError):
+        rt.get(v)
+    assert log == ["victim unwound at 3"]
+    assert rt.available_resources() == {"CPU": 2.0}
+
+
+def test_node_failure_while_a_task_lends_its_cpu(sim):
+    """A parent blocked in get (CPU lent) on a failed node is retried elsewhere and the
+    books balance afterwards."""
+    b = sim(nodes=[{"name": "n", "resources": {"CPU": 1}, "count": 2}])
+
+    @rt.remote(sim_duration=5)
+    def child() -> int:
+        return 2
+
+    @rt.remote(max_retries=1)
+    def parent() -> int:
+        return rt.get(child.remote()) * 10
+
+    ref = parent.remote()
+    rt.sleep(1)
+    started = [e for e in b.trace if e[1] == EventKind.TASK_STARTED and e[2] == ref.id]
+    b.fail_node(started[0][3])
+    assert rt.get(ref) == 20
+    assert rt.available_resources() == {"CPU": 1.0}
+
+
+def test_refs_of_an_earlier_cluster_are_refused(sim):
+    """A ref from a previous sim cluster passed to the new one fails clearly, never
+    aliasing a new object with the same id."""
+    sim(num_cpus=1)
+
+    @rt.remote
+    def f(x: int) -> int:
+        return x
+
+    old = f.remote(1)
+    rt.get(old)
+    rt.shutdown()
+    sim(num_cpus=1)
+    with pytest.raises(ValueError, match="another cluster"):
+        f.remote(old)
+    with pytest.raises(ValueError, match="another cluster"):
+        rt.get([f.remote(2), old])

@@ -29,11 +29,14 @@ def make_fib(duration: float = 1):
     return fib
 
 
-def test_fib3_on_two_cpus_ends_at_hand_computed_time(sim):
-    """fib(3) with 1 s per call on 2 CPUs: leaves at t=1 and 2, fib(2) at 3, root at 4."""
+@pytest.mark.parametrize(("n", "value", "end"), [(3, 2, 4.0), (4, 3, 6.0)])
+def test_fib_on_two_cpus_ends_at_hand_computed_time(sim, n, value, end):
+    """fib(n) with 1 s per call on 2 CPUs, worked out by hand. fib(3): leaves end at t=1
+    and 2, fib(2) at 3, the root at 4. fib(4): four leaves run in 0-2, fib(2) (right)
+    takes its CPU back first at 2-3, fib(2) (left) at 3-4, fib(3) at 4-5, root at 5-6."""
     sim(num_cpus=2)
-    assert rt.get(make_fib().remote(3)) == 2
-    assert rt.now() == 4.0
+    assert rt.get(make_fib().remote(n)) == value
+    assert rt.now() == end
 
 
 def test_toy_figures_and_golden_hash():
@@ -193,7 +196,8 @@ def test_get_from_a_foreign_thread_raises(sim):
 
 
 def test_get_from_a_foreign_driver_thread_raises(sim):
-    """A thread of the driver process that is not the engine's cannot block on refs."""
+    """A thread of the driver process that is not the engine's cannot block on refs,
+    but may read refs that are already done."""
     sim(num_cpus=1)
 
     @rt.remote
@@ -207,6 +211,11 @@ def test_get_from_a_foreign_driver_thread_raises(sim):
     th.join(10)
     assert isinstance(errors[0], RuntimeError)
     assert rt.get(ref) == 1
+    values: list[int] = []
+    th = threading.Thread(target=lambda: values.append(rt.get(ref)))
+    th.start()
+    th.join(10)
+    assert values == [1]
 
 
 def _capture(errors: list[BaseException], fn) -> None:  # noqa: ANN001

@@ -14,12 +14,13 @@ from simulator.workloads.base import Exp, Shape
 
 def small_cluster(**overrides) -> ClusterConfig:
     """2 CPU nodes, 2 V100 nodes (2 GPUs), 1 A100 node (4 GPUs)."""
-    cpu = dict(cpus=4, count=2)
-    cpu.update(overrides.get("cpu", {}))
+    cpu = {"cpus": 4, "count": 2, **overrides.get("cpu", {})}
+    v100 = {"cpus": 4, "count": 2, **overrides.get("v100", {})}
+    a100 = {"cpus": 8, "count": 1, **overrides.get("a100", {})}
     return ClusterConfig([
         NodeSpec("cpu", **cpu),
-        NodeSpec("v100", DEVICES["V100"], 2, cpus=4, count=2, **overrides.get("v100", {})),
-        NodeSpec("a100", DEVICES["A100"], 4, cpus=8, count=1, **overrides.get("a100", {})),
+        NodeSpec("v100", DEVICES["V100"], 2, **v100),
+        NodeSpec("a100", DEVICES["A100"], 4, **a100),
     ], name="small")
 
 

@@ -31,6 +31,7 @@ __all__ = ["TOPIC", "run_task", "create_actor", "call_actor", "drop_actor", "ski
 TOPIC = "nbcluster"
 
 _lock = threading.Lock()
+_current = threading.local()  # .task_id: the task this thread runs
 _running: dict[int, int] = {}  # task id -> ident of the thread running it
 _SAFE_RESULTS = (type(None), bool, int, float, complex, str, bytes, bytearray)
 
@@ -42,7 +43,10 @@ def node_name(worker: Any) -> str:
 
 
 def worker_backend() -> Any:
-    """The backend ``runtime`` uses in this process, installing a dask one on first use."""
+    """The backend ``runtime`` uses in this process, installing a dask one on first use.
+
+    On first use it also makes ``time.sleep`` inside task threads cancellable.
+    """
     from runtime import api
     from runtime.backends.dask.backend import DaskBackend
 
@@ -55,10 +59,27 @@ def worker_backend() -> Any:
             return b
         from distributed import get_client
 
+        if time.sleep is not _cancellable_sleep:
+            time.sleep = _cancellable_sleep
         nb = DaskBackend(get_client(), role="worker")
         if b is None:
             api._set_backend(nb)
         return nb
+
+
+_real_sleep = time.sleep
+_cancel_events: dict[int, threading.Event] = {}
+
+
+def _cancellable_sleep(seconds: float) -> None:
+    """``time.sleep`` that ``cancel`` can interrupt when called in a task thread."""
+    tid = getattr(_current, "task_id", None)
+    ev = _cancel_events.get(tid) if tid is not None else None
+    if ev is None:
+        _real_sleep(seconds)
+        return
+    if ev.wait(seconds):
+        raise TaskCancelledError("?", tid)
 
 
 def in_task_thread() -> bool:
@@ -77,13 +98,19 @@ def seceded() -> Iterator[None]:
     if not in_task_thread():
         yield
         return
-    from distributed import rejoin, secede
+    from distributed import get_worker, rejoin, secede
 
+    tid = getattr(_current, "task_id", None)
+    worker = get_worker()
+    if tid is not None:
+        _log(worker, {"e": "block", "t": tid, "w": node_name(worker)})
     secede()
     try:
         yield
     finally:
         rejoin()
+        if tid is not None:
+            _log(worker, {"e": "unblock", "t": tid, "w": node_name(worker)})
 
 
 def _log(worker: Any, msg: dict[str, Any]) -> None:
@@ -131,6 +158,9 @@ def _invoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any
             max_retries: int) -> Any:
     tries = 0
     _running[task_id] = threading.get_ident()
+    _cancel_events[task_id] = threading.Event()
+    outer = getattr(_current, "task_id", None)
+    _current.task_id = task_id
     try:
         while True:
             try:
@@ -149,6 +179,8 @@ def _invoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any
                 raise _task_error(exc, name, task_id, node) from None
     finally:
         _running.pop(task_id, None)
+        _cancel_events.pop(task_id, None)
+        _current.task_id = outer
 
 
 def run_task(fn: Callable[..., Any], meta: tuple[Any, ...], args: tuple[Any, ...],
@@ -175,6 +207,9 @@ def interrupt_task(task_id: int) -> bool:
     ident = _running.get(task_id)
     if ident is None:
         return False
+    ev = _cancel_events.get(task_id)
+    if ev is not None:
+        ev.set()  # wakes a cancellable sleep at once
     n = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
                                                    ctypes.py_object(TaskCancelledError))
     return n == 1
@@ -185,24 +220,38 @@ def interrupt_task(task_id: int) -> bool:
 # ---------------------------------------------------------------------------
 
 
+ACTOR_META = "nbcluster-actor"  # scheduler metadata key prefix: [addr, generation, name]
+
+
 class _ActorBox:
-    """An actor instance and the turnstile that runs its calls one at a time, in order."""
+    """An actor instance and the turnstile that runs its calls one at a time.
+
+    Calls from one caller (the driver, or one worker process) run in that
+    caller's submission order (Ray's guarantee); calls from different callers
+    interleave in arrival order.
+    """
 
     def __init__(self, instance: Any, generation: int, name: str) -> None:
         self.instance = instance
         self.generation = generation
         self.name = name
-        self.next_seq = 0
-        self.skipped: set[int] = set()
-        self.current: int | None = None
+        self.next_seq: dict[str, int] = {}
+        self.skipped: dict[str, set[int]] = {}
+        self.busy = False
+        self.running: tuple[str, int] | None = None
         self.dead = False
         self.cond = threading.Condition()
 
-    def _advance(self) -> None:
-        self.next_seq += 1
-        while self.next_seq in self.skipped:
-            self.skipped.discard(self.next_seq)
-            self.next_seq += 1
+    def _turn(self, caller: str, seq: int) -> bool:
+        return not self.busy and self.next_seq.get(caller, 0) == seq
+
+    def _advance(self, caller: str) -> None:
+        n = self.next_seq.get(caller, 0) + 1
+        skipped = self.skipped.get(caller, set())
+        while n in skipped:
+            skipped.discard(n)
+            n += 1
+        self.next_seq[caller] = n
         self.cond.notify_all()
 
 
@@ -216,18 +265,23 @@ def create_actor(actor_id: int, generation: int, name: str, cls: type, args: tup
 
     worker = get_worker()
     node = node_name(worker)
-    worker_backend()
+    backend = worker_backend()
     try:
         instance = cls(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - user code
         raise _task_error(exc, f"{name}.__init__", actor_id, node) from None
     _actors[actor_id] = _ActorBox(instance, generation, name)
+    try:
+        backend.client.set_metadata([ACTOR_META, str(actor_id)],
+                                    [str(worker.address), generation, name, None])
+    except Exception:  # noqa: BLE001 - callers in other tasks then wait for the driver
+        pass
     return str(worker.address)
 
 
-def call_actor(actor_id: int, generation: int, seq: int, call_id: int, method: str,
-               args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Run call number ``seq`` of an actor after every earlier call (in submission order)."""
+def call_actor(actor_id: int, generation: int, caller: str, seq: int, call_id: int,
+               method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run call ``seq`` of ``caller`` on an actor after that caller's earlier calls."""
     from distributed import get_worker
 
     worker = get_worker()
@@ -237,37 +291,40 @@ def call_actor(actor_id: int, generation: int, seq: int, call_id: int, method: s
         raise ActorDiedError(f"{actor_id}", "its instance is gone from this worker")
     name = f"{box.name}.{method}"
     with box.cond:
-        if box.next_seq != seq:
+        if not box._turn(caller, seq):
             with seceded():
-                while box.next_seq != seq and not box.dead:
+                while not box._turn(caller, seq) and not box.dead:
                     box.cond.wait(0.5)
         if box.dead:
             raise ActorDiedError(f"{box.name} (id {actor_id})", "it was killed")
-        box.current = seq
+        box.busy = True
+        box.running = (caller, seq)
     _log(worker, {"e": "start", "t": call_id, "n": name, "w": node, "r": {}})
     try:
         result = _invoke(getattr(box.instance, method), args, kwargs, task_id=call_id, name=name,
                          node=node, worker=worker, retry=False, max_retries=0)
     finally:
         with box.cond:
-            box.current = None
-            box._advance()
+            box.busy = False
+            box.running = None
+            box._advance(caller)
     _log(worker, {"e": "end", "t": call_id, "w": node})
     return result
 
 
-def skip_actor_call(actor_id: int, generation: int, seq: int) -> None:
+def skip_actor_call(actor_id: int, generation: int, caller: str, seq: int) -> None:
     """Let later calls pass a call that was cancelled before it ran."""
     box = _actors.get(actor_id)
     if box is None or box.generation != generation:
         return
     with box.cond:
-        if seq == box.current:
+        if box.running == (caller, seq):
             return
-        if seq == box.next_seq:
-            box._advance()
-        elif seq > box.next_seq:
-            box.skipped.add(seq)
+        nxt = box.next_seq.get(caller, 0)
+        if seq == nxt:
+            box._advance(caller)
+        elif seq > nxt:
+            box.skipped.setdefault(caller, set()).add(seq)
 
 
 def drop_actor(actor_id: int) -> bool:

@@ -91,6 +91,7 @@ class ActorManager:
                 if actor.create_fut is fut:
                     actor.dead = ActorDiedError(f"{actor.name} (id {actor.id})",
                                                 f"its constructor failed: {exc}")
+            self._publish(actor)
             return
         with actor.lock:
             if actor.create_fut is fut:
@@ -141,11 +142,12 @@ class ActorManager:
         if actor.generation:
             key += f"-g{actor.generation}"
         fut = self.b.client.submit(
-            _remote.call_actor, actor.id, actor.generation, seq, task.id, task.actor[3],
+            _remote.call_actor, actor.id, actor.generation, "driver", seq, task.id, task.actor[3],
             task.args, task.kwargs, key=key, pure=False, workers=[actor.addr],
             allow_other_workers=False, retries=0)
         with self.b._lock:
             self.b._futs[task.id] = fut
+            task.placed = True
             self.b._cond.notify_all()
         fut.add_done_callback(lambda _f, a=actor, t=task.id: a.calls.pop(t, None))
 
@@ -156,7 +158,8 @@ class ActorManager:
             return
         actor.calls.pop(task.id, None)
         try:
-            self.b.client.run(_remote.skip_actor_call, actor.id, task.actor[1], task.actor[2],
+            self.b.client.run(_remote.skip_actor_call, actor.id, task.actor[1], "driver",
+                              task.actor[2],
                               workers=[actor.addr], on_error="ignore")
         except Exception:  # noqa: BLE001 - the worker is gone anyway
             pass
@@ -179,9 +182,21 @@ class ActorManager:
         else:
             self._restart(actor, running=None)
 
+    def _publish(self, actor: _Actor) -> None:
+        """Tell callers in other tasks where the actor lives (scheduler metadata)."""
+        try:
+            self.b.client.set_metadata(
+                [_remote.ACTOR_META, str(actor.id)],
+                [actor.addr, actor.generation, actor.name,
+                 actor.dead.reason if actor.dead is not None else None])
+        except Exception:  # noqa: BLE001 - scheduler gone
+            pass
+
     def _die(self, actor: _Actor, err: ActorDiedError) -> None:
         with actor.lock:
             actor.dead = err
+        self._publish(actor)
+        with actor.lock:
             calls = list(actor.calls.values())
             actor.calls.clear()
         for t in calls:
@@ -217,7 +232,10 @@ class ActorManager:
             self._submit_create(actor)
         self.b.events.emit(self.b.now(), EventKind.ACTOR_RESTARTED, actor.id, None,
                            restarts=actor.restarts)
-        stale = [self.b._futs.get(t.id) for t in old]
+        with self.b._lock:
+            stale = [self.b._futs.pop(t.id, None) for t in old]
+            for t in old:
+                t.placed = False
         try:
             self.b.client.cancel([f for f in stale if f is not None], force=True)
         except Exception:  # noqa: BLE001 - best effort

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import queue
 import re
 import secrets
 import threading
@@ -30,6 +31,7 @@ from distributed.client import _wait as _dask_wait
 from runtime.backends.base import ActorSpec, Backend, TaskSpec
 from runtime.backends.dask import _remote
 from runtime.errors import (
+    ActorDiedError,
     GetTimeoutError,
     NBClusterError,
     ObjectLostError,
@@ -52,6 +54,9 @@ log = logging.getLogger("runtime.backends.dask")
 ACCELERATOR_PREFIX = "accelerator_type:"
 #: Amount of the accelerator resource a task with ``accelerator_type=`` asks dask for.
 ACCELERATOR_AMOUNT = 0.001
+_CANCELLED = tuple(c for c in (getattr(distributed.client, "FuturesCancelledError", None),
+                              getattr(distributed.client, "FutureCancelledError", None))
+                   if c is not None)
 _KEY_SAFE = re.compile(r"[^A-Za-z0-9_.<>]+")
 _TRIVIAL = (type(None), bool, int, float, str, bytes, ObjectRef)
 
@@ -93,7 +98,8 @@ class _Task:
     """What the driver keeps about one task (or actor call) it submitted."""
 
     __slots__ = ("id", "name", "fn", "args", "kwargs", "request", "res", "max_retries",
-                 "retry", "info", "attempts", "node", "actor", "keep", "placed", "extra")
+                 "retry", "info", "attempts", "node", "actor", "keep", "placed", "extra",
+                 "deaths")
 
     def __init__(self, id: int, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any], request: Resources, res: dict[str, float],
@@ -114,6 +120,7 @@ class _Task:
         self.keep: list[Any] = []  # futures of nested refs, kept alive while it runs
         self.placed = True
         self.extra = 0  # resubmissions after KilledWorker
+        self.deaths = 0  # workers that died while running it
 
 
 class DaskBackend(Backend):
@@ -140,9 +147,12 @@ class DaskBackend(Backend):
         self._refcount: collections.Counter[int] = collections.Counter()
         self._dropped: collections.deque[int] = collections.deque()
         self._orphans: dict[int, Future] = {}
+        self._terminal: set[int] = set()  # tasks whose end was published
         self._closed = False
         if role == "worker":
             self._ids = itertools.count((secrets.randbits(40) << 20) + 1)
+            self._caller = f"worker-{secrets.token_hex(6)}"
+            self._actor_seq: collections.Counter[tuple[int, int]] = collections.Counter()
             self.actors = None
             self.control = None
             return
@@ -158,9 +168,13 @@ class DaskBackend(Backend):
         self.actors = ActorManager(self)
         self.control = Control(self, policy=policy, autoscaler=autoscaler, node_types=node_types,
                                interval=autoscale_interval)
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._refresh_lock = threading.RLock()
+        self._key_ids: dict[str, int] = {}
         self.client.subscribe_topic(_remote.TOPIC, self._on_topic)
+        self.client.subscribe_topic("all", self._on_all)
         self.refresh_workers()
-        self._poller = threading.Thread(target=self._poll_loop, name="nbcluster-dask-poll",
+        self._poller = threading.Thread(target=self._event_loop, name="nbcluster-dask-events",
                                         daemon=True)
         self._poller.start()
         self.control.start()
@@ -188,14 +202,26 @@ class DaskBackend(Backend):
                 if fut is not None and not fut.done():
                     self._orphans[rid] = fut  # Ray runs dropped tasks anyway
                 elif task is None or task.placed:
+                    self._forget_keys(task)
                     self._tasks.pop(rid, None)
                     self._errors.pop(rid, None)
+                    self._terminal.discard(rid)
         if self._orphans:
             with self._lock:
                 for rid in [r for r, f in self._orphans.items() if f.done()]:
                     del self._orphans[rid]
+                    self._forget_keys(self._tasks.get(rid))
+                    self._terminal.discard(rid)
                     self._tasks.pop(rid, None)
                     self._errors.pop(rid, None)
+
+    def _forget_keys(self, task: _Task | None) -> None:
+        if task is None or self.role != "driver":
+            return
+        key = task_key(task.name, task.id)
+        self._key_ids.pop(key, None)
+        for n in range(1, task.extra + 1):
+            self._key_ids.pop(f"{key}-r{n}", None)
 
     def _future(self, ref: ObjectRef) -> Future | None:
         fut = self._futs.get(ref.id)
@@ -203,7 +229,10 @@ class DaskBackend(Backend):
             fut = self._orphans.get(ref.id)
         if fut is None and ref.id not in self._tasks:
             # a ref made elsewhere (another worker, or inside a task): its key is derivable
-            fut = Future(task_key(ref.name, ref.id), self.client)
+            key = task_key(ref.name, ref.id)
+            fut = Future(key, self.client)
+            # ask the scheduler to report this key's state to our client
+            self.client._send_to_scheduler({"op": "client-desires-keys", "keys": [key]})
             self._futs[ref.id] = fut
         return fut
 
@@ -277,6 +306,8 @@ class DaskBackend(Backend):
         )
         with self._lock:
             self._futs[task.id] = fut
+            if self.role == "driver":
+                self._key_ids[key] = task.id
             self._cond.notify_all()
         return fut
 
@@ -291,6 +322,7 @@ class DaskBackend(Backend):
             except Exception:  # noqa: BLE001 - closing client
                 pass
         kind = EventKind.TASK_CANCELLED if cancelled else EventKind.TASK_FAILED
+        self._terminal.add(task_id)
         self.events.emit(self.now(), kind, task_id, None, error=type(err).__name__,
                          reason=str(err).split("\n", 1)[0])
         if self.role == "driver":
@@ -328,6 +360,8 @@ class DaskBackend(Backend):
             return True
         if fut is None or not fut.done():
             return False
+        if fut.status == "cancelled" and self._futs.get(ref.id, fut) is not fut:
+            return False  # replaced meanwhile (a restart): wait for the new one
         if fut.status == "error" and self.role == "driver":
             return not self._maybe_resubmit(ref.id, fut)
         return True
@@ -381,42 +415,70 @@ class DaskBackend(Backend):
             tb = ""
         return make_task_error(exc, tb, task_name=ref.name, task_id=ref.id)
 
-    def _futures_for(self, refs: Sequence[ObjectRef], deadline: float | None) -> list[Any]:
-        self._check_open()
-        if self.role == "driver" and self.control.policy is not None:
-            self._await_placed(refs, deadline)
-        with self._lock:
-            return [self._future(r) for r in refs]
+    def _note_failed(self, tid: int, err: BaseException) -> None:
+        """Publish task_failed for a task dask failed without running it (a failed input)."""
+        if self.role != "driver" or tid in self._terminal or tid not in self._tasks:
+            return
+        self._terminal.add(tid)
+        kind = (EventKind.TASK_CANCELLED if isinstance(err, TaskCancelledError)
+                else EventKind.TASK_FAILED)
+        self.events.emit(self.now(), kind, tid, None, error=type(err).__name__,
+                         reason=str(err).split("\n", 1)[0])
+
+    def _current(self, ref: ObjectRef) -> Future | None:
+        """The ref's future now (None while a policy or an actor restart holds the task)."""
+        fut = self._futs.get(ref.id)
+        if fut is None:
+            fut = self._orphans.get(ref.id)
+        if fut is None and ref.id not in self._tasks:
+            with self._lock:
+                fut = self._future(ref)
+        return fut
+
+    def _block_until(self, refs: Sequence[ObjectRef], count: int,
+                     deadline: float | None) -> tuple[list[int], list[Future | None]]:
+        """Wait until ``count`` refs are settled or the deadline passes.
+
+        Returns the settled indexes (input order) and the refs' current futures.
+        """
+        while True:
+            self._check_open()
+            futs = [self._current(r) for r in refs]
+            done = [i for i, (r, f) in enumerate(zip(refs, futs, strict=True))
+                    if self._settled(r, f)]
+            if len(done) >= count:
+                return done, futs
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return done, futs
+            settled = set(done)
+            waitable = [f for i, f in enumerate(futs)
+                        if i not in settled and f is not None and not f.done()]
+            step = 1.0 if left is None else min(left, 1.0)
+            if waitable:
+                try:
+                    self._dwait(waitable, step,
+                                "ALL_COMPLETED" if count == len(refs) else "FIRST_COMPLETED")
+                except TimeoutError:
+                    pass
+            else:
+                with self._cond:
+                    self._cond.wait(min(step, 0.05))
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         """Wait for every ref, then gather; raise the first error in ref order."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        futs = self._futures_for(refs, deadline)
         with _remote.seceded():
-            while True:
-                pending = [f for r, f in zip(refs, futs, strict=True)
-                           if f is not None and r.id not in self._errors and not f.done()]
-                if pending:
-                    left = None if deadline is None else max(deadline - time.monotonic(), 0)
-                    try:
-                        self._dwait(pending, None if left is None else left + 1e-3)
-                    except TimeoutError:
-                        raise GetTimeoutError(
-                            f"get() timed out after {timeout:g} s with {len(pending)} of "
-                            f"{len(refs)} ref(s) not ready; the task(s) keep running"
-                        ) from None
-                self._check_open()
-                again = False
-                for i, (r, f) in enumerate(zip(refs, futs, strict=True)):
-                    if not self._settled(r, f):
-                        again = True
-                        futs[i] = self._futs.get(r.id, f)
-                        continue
-                    err = self._error_of(r, f)
-                    if err is not None:
-                        raise err
-                if not again:
-                    break
+            done, futs = self._block_until(refs, len(refs), deadline)
+            if len(done) < len(refs):
+                raise GetTimeoutError(
+                    f"get() timed out after {timeout:g} s with {len(refs) - len(done)} of "
+                    f"{len(refs)} ref(s) not ready; the task(s) keep running")
+            for r, f in zip(refs, futs, strict=True):
+                err = self._error_of(r, f)
+                if err is not None:
+                    self._note_failed(r.id, err)
+                    raise err
             try:
                 return self.client.gather(futs)
             except Exception:  # noqa: BLE001 - a race with cancel/loss: report per ref
@@ -431,43 +493,25 @@ class DaskBackend(Backend):
         """Indexes of the first ``num_returns`` done refs (input order) or of those done
         when the timeout passes."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self.role == "driver" and self.control.policy is not None:
-            try:
-                self._await_placed(refs, deadline)
-            except GetTimeoutError:
-                pass
-        with self._lock:
-            futs = [self._future(r) if (r.id in self._futs or r.id not in self._tasks
-                                        or self._tasks[r.id].placed) else None for r in refs]
         with _remote.seceded():
-            while True:
-                done = [i for i, (r, f) in enumerate(zip(refs, futs, strict=True))
-                        if self._settled(r, f)]
-                if len(done) >= num_returns:
-                    return done[:num_returns]
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return done
-                pending = [f for r, f in zip(refs, futs, strict=True)
-                           if f is not None and not f.done() and r.id not in self._errors]
-                step = 0.5 if left is None else min(left, 0.5)
-                if pending:
-                    try:
-                        self._dwait(pending, step, "FIRST_COMPLETED")
-                    except TimeoutError:
-                        pass
-                else:
-                    with self._cond:
-                        self._cond.wait(min(step, 0.05))
-                self._check_open()
-                with self._lock:
-                    futs = [self._futs.get(r.id, f) if f is None or f.done() else f
-                            for r, f in zip(refs, futs, strict=True)]
+            done, futs = self._block_until(refs, num_returns, deadline)
+        if self.role == "driver":
+            for i in done:
+                f = futs[i]
+                if (f is not None and f.status in ("error", "cancelled")
+                        and refs[i].id not in self._terminal):
+                    err = self._error_of(refs[i], f)
+                    if err is not None:
+                        self._note_failed(refs[i].id, err)
+        return done[:num_returns]
 
     def _dwait(self, futs: list[Future], timeout: float | None,
                return_when: str = "ALL_COMPLETED") -> None:
         """``distributed.wait`` on this backend's client (not the default one)."""
-        self.client.sync(_dask_wait, futs, timeout=timeout, return_when=return_when)
+        try:
+            self.client.sync(_dask_wait, futs, timeout=timeout, return_when=return_when)
+        except _CANCELLED:
+            pass  # a cancelled future is done; callers look at each ref's state
 
     def done(self, ref: ObjectRef) -> bool:
         """Whether the ref has a value or an error (never blocks)."""
@@ -536,8 +580,38 @@ class DaskBackend(Backend):
         """Queue a method call; calls on one actor run in submission order."""
         self._check_open()
         if self.actors is None:
-            raise NotImplementedError("calling actors from inside a dask task is not supported")
+            return self._call_actor_from_task(actor_id, method, args, kwargs)
         return self.actors.call(actor_id, method, args, kwargs)
+
+    def _call_actor_from_task(self, actor_id: int, method: str, args: tuple[Any, ...],
+                              kwargs: dict[str, Any]) -> ObjectRef:
+        """An actor call made inside a task: find the actor via scheduler metadata."""
+        meta = None
+        deadline = time.monotonic() + 60
+        with _remote.seceded():
+            while meta is None or meta[0] is None and meta[3] is None:
+                meta = self.client.get_metadata([_remote.ACTOR_META, str(actor_id)], None)
+                if meta is not None and (meta[0] is not None or meta[3] is not None):
+                    break
+                if time.monotonic() > deadline:
+                    raise ActorDiedError(f"id {actor_id}", "it did not start within 60 s")
+                time.sleep(0.05)
+        addr, gen, aname, dead = meta
+        cid = self.next_id()
+        name = f"{aname}.{method}"
+        ref = ObjectRef(cid, self, name)
+        if dead is not None:
+            self._errors[cid] = ActorDiedError(f"{aname} (id {actor_id})", dead)
+            return ref
+        args2, kwargs2 = self._prepare_args(name, args, kwargs)
+        with self._lock:
+            seq = self._actor_seq[(actor_id, gen)]
+            self._actor_seq[(actor_id, gen)] = seq + 1
+        self._futs[cid] = self.client.submit(
+            _remote.call_actor, actor_id, gen, self._caller, seq, cid, method, args2, kwargs2,
+            key=task_key(name, cid), pure=False, workers=[addr], allow_other_workers=False,
+            retries=0)
+        return ref
 
     def kill_actor(self, actor_id: int, *, no_restart: bool = True) -> None:
         """Drop the actor's instance; pending and later calls raise ``ActorDiedError``."""
@@ -556,13 +630,10 @@ class DaskBackend(Backend):
 
     # ------------------------------------------------------------------ events and nodes
     def _on_topic(self, event: tuple[float, Any]) -> None:
+        """Task events from workers (runs in the client's loop: only queue them)."""
         msg = event[1]
-        if not isinstance(msg, dict):
-            return
-        try:
-            self._handle_event(msg)
-        except Exception:  # noqa: BLE001 - never break the client's loop
-            log.exception("bad nbcluster event %r", msg)
+        if isinstance(msg, dict):
+            self._inbox.put(("task", msg))
 
     def _handle_event(self, msg: dict[str, Any]) -> None:
         e, tid, node = msg.get("e"), msg.get("t"), msg.get("w")
@@ -595,6 +666,16 @@ class DaskBackend(Backend):
             if task.max_retries >= 0 and task.attempts > task.max_retries + 1:
                 self._fail(tid, WorkerCrashedError(task.name, tid, task.attempts - 1, node,
                                                    "its worker died on each attempt"))
+        elif e in ("block", "unblock"):
+            with self._lock:
+                entry = self._running.get(tid)
+                cpu = entry[1].get("CPU", 0.0) if entry is not None else 0.0
+                used = self._used.get(node)
+                if used is not None and cpu:
+                    sign = -1.0 if e == "block" else 1.0
+                    used["CPU"] = max(used.get("CPU", 0.0) + sign * cpu, 0.0)
+            self.events.emit(now, EventKind.TASK_BLOCKED if e == "block"
+                             else EventKind.TASK_UNBLOCKED, tid, node)
         elif e == "retry":
             self.events.emit(now, EventKind.TASK_RETRIED, tid, node, attempt=msg.get("n", 1) + 1,
                              reason=f"raised {msg.get('why')}")
@@ -602,6 +683,7 @@ class DaskBackend(Backend):
             self._release_running(tid)
             if tid in self._errors:
                 return
+            self._terminal.add(tid)
             if e == "end":
                 self.events.emit(now, EventKind.TASK_FINISHED, tid, node)
             else:
@@ -619,47 +701,97 @@ class DaskBackend(Backend):
             self.control.task_ended(tid)
 
     def refresh_workers(self) -> None:
-        """Read the workers from the scheduler; publish node added/removed events."""
-        info = self.client.scheduler_info(n_workers=-1)
-        seen: dict[str, tuple[str, str, Resources, dict[str, str], str]] = {}
-        for addr, w in (info.get("workers") or {}).items():
-            node_id, node_type, total, labels = worker_shape({**w, "id": addr})
-            state = "draining" if str(w.get("status", "running")) in (
-                "closing_gracefully", "Status.closing_gracefully") else "up"
-            seen[node_id] = (node_id, node_type, total, labels, state)
-            self._addr_of[node_id] = addr
-        now = self.now()
-        with self._lock:
-            old = self._workers
-            self._workers = seen
-        for nid in sorted(set(seen) - set(old)):
-            _, ntype, total, labels, state = seen[nid]
-            self.events.emit(now, EventKind.NODE_ADDED, None, nid, node_type=ntype,
-                             total=total.to_dict(), labels=dict(labels), state=state)
-            self.control.node_added(nid)
-        for nid in sorted(set(old) - set(seen)):
-            with self._lock:
-                lost = sorted(t for t, (n, _) in self._running.items() if n == nid)
-                for t in lost:
-                    self._release_running(t)
-                self._used.pop(nid, None)
-            self.events.emit(now, EventKind.NODE_REMOVED, None, nid, reason="worker left")
-            self.control.node_removed(nid, lost)
-            self.actors.node_removed(nid)
-        for nid in sorted(set(seen) & set(old)):
-            if seen[nid][4] != old[nid][4]:
-                self.events.emit(now, EventKind.NODE_STATE, None, nid, state=seen[nid][4])
+        """Read the workers from the scheduler; publish node added/removed events.
 
-    def _poll_loop(self) -> None:
+        A worker that restarted under the same name (a nanny restart) has a new
+        address: it is reported as removed, then added.
+        """
+        info = self.client.scheduler_info(n_workers=-1)
+        with self._refresh_lock:
+            seen: dict[str, tuple[str, str, Resources, dict[str, str], str]] = {}
+            addrs: dict[str, str] = {}
+            for addr, w in sorted((info.get("workers") or {}).items()):
+                node_id, node_type, total, labels = worker_shape({**w, "id": addr})
+                state = "draining" if "closing_gracefully" in str(w.get("status", "")) else "up"
+                seen[node_id] = (node_id, node_type, total, labels, state)
+                addrs[node_id] = addr
+            now = self.now()
+            with self._lock:
+                old, old_addrs = self._workers, dict(self._addr_of)
+                self._workers = seen
+                self._addr_of.update(addrs)
+            gone = sorted(n for n in old if n not in seen or addrs[n] != old_addrs.get(n))
+            new = sorted(n for n in seen if n not in old or addrs[n] != old_addrs.get(n))
+            for nid in gone:
+                with self._lock:
+                    lost = sorted(t for t, (n, _) in self._running.items() if n == nid)
+                    for t in lost:
+                        self._release_running(t)
+                    self._used.pop(nid, None)
+                self.events.emit(now, EventKind.NODE_REMOVED, None, nid, reason="worker left")
+                self.control.node_removed(nid, lost)
+                self.actors.node_removed(nid)
+            for nid in new:
+                _, ntype, total, labels, state = seen[nid]
+                self.events.emit(now, EventKind.NODE_ADDED, None, nid, node_type=ntype,
+                                 total=total.to_dict(), labels=dict(labels), state=state)
+                self.control.node_added(nid)
+            for nid in sorted(set(seen) & set(old)):
+                if nid not in new and seen[nid][4] != old[nid][4]:
+                    self.events.emit(now, EventKind.NODE_STATE, None, nid, state=seen[nid][4])
+            with self._lock:
+                for nid in [n for n in self._addr_of if n not in seen]:
+                    del self._addr_of[nid]
+
+    def _on_all(self, event: tuple[float, Any]) -> None:
+        """Scheduler events (runs in the client's loop: only queue work, never block)."""
+        msg = event[1]
+        if isinstance(msg, dict) and msg.get("action") in ("add-worker", "remove-worker"):
+            self._inbox.put(("all", msg))
+
+    def _on_worker_removed(self, msg: dict[str, Any]) -> None:
+        """Count a death against each task the worker was running (dask's 'suspicious')."""
+        addr = msg.get("worker")
+        node = next((n for n, a in self._addr_of.items() if a == addr), addr)
+        if msg.get("expected"):
+            return
+        for key in sorted(map(str, msg.get("processing-tasks") or ())):
+            tid = self._key_ids.get(key)
+            task = self._tasks.get(tid) if tid is not None else None
+            if task is None or tid in self._errors or task.actor is not None:
+                continue
+            task.deaths += 1
+            if task.max_retries >= 0 and task.deaths >= task.max_retries + 1:
+                self._fail(tid, WorkerCrashedError(task.name, tid, task.deaths, node,
+                                                   "its worker died while running it"))
+            else:
+                self.events.emit(self.now(), EventKind.TASK_RETRIED, tid, node,
+                                 attempt=task.deaths + 1, reason="worker died")
+
+    def _event_loop(self) -> None:
+        """One thread handles task events, scheduler events and the periodic poll."""
+        next_poll = time.monotonic() + self.poll_interval
         while not self._closed:
-            time.sleep(self.poll_interval)
-            if self._closed:
-                break
             try:
-                self.refresh_workers()
-                self._collect()
+                item = self._inbox.get(timeout=max(next_poll - time.monotonic(), 0.001))
+            except queue.Empty:
+                item = None
+            try:
+                if item is not None:
+                    source, msg = item
+                    if source == "task":
+                        self._handle_event(msg)
+                    else:
+                        if msg.get("action") == "remove-worker":
+                            self._on_worker_removed(msg)
+                        self.refresh_workers()
+                if time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + self.poll_interval
+                    self.refresh_workers()
+                    self._collect()
             except Exception:  # noqa: BLE001 - scheduler gone for a moment
-                log.debug("polling the scheduler failed", exc_info=True)
+                if not self._closed:
+                    log.debug("dask backend event loop", exc_info=True)
 
     def node_shapes(self) -> list[tuple[str, Resources, dict[str, str]]]:
         """``(node id, total, labels)`` of every worker (for feasibility checks)."""
@@ -704,6 +836,7 @@ class DaskBackend(Backend):
         self.control.stop()
         try:
             self.client.unsubscribe_topic(_remote.TOPIC)
+            self.client.unsubscribe_topic("all")
         except Exception:  # noqa: BLE001 - client already closed
             pass
         pending = [tid for tid, f in self._futs.items() if not f.done()]

@@ -4,7 +4,8 @@
 ``num_cpus``, ``num_gpus``, ``resources`` (one node) or ``nodes=[...]`` (several
 virtual nodes, see :mod:`runtime.cluster_spec`), ``policy`` (a scheduling policy
 object or name), ``autoscaler`` and ``node_types`` (accepted; an autoscaler's
-node types make requests feasible), ``speeds`` (task kind -> model -> speed).
+node types make requests feasible), ``speeds`` (task kind -> model -> speed), ``prefetch`` (default True: with the
+FirstFit policy, each busy worker is sent its next task ahead of time).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 __all__ = ["make_backend"]
 
 _OPTIONS = ("num_cpus", "num_gpus", "resources", "nodes", "policy", "autoscaler",
-            "node_types", "speeds")
+            "node_types", "speeds", "prefetch")
 
 
 def make_backend(address: Any = None, **options: Any) -> Any:

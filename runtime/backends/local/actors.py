@@ -236,7 +236,7 @@ class ActorsMixin:
         t.cancelled = True
         if a.worker is not None:
             a.worker.send(("cancel", t.id))
-            if a.inflight and a.inflight[0] is t:
+            if a.inflight and a.inflight[0] is t and a.worker.ready:
                 a.worker.kill(signal.SIGINT)
         return True
 

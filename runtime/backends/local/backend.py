@@ -21,7 +21,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait as mp_wait
 from typing import Any
 
@@ -32,11 +31,12 @@ from runtime.autoscaling import get_autoscaler
 from runtime.backends.base import ActorSpec, Backend, TaskSpec
 from runtime.backends.local import store
 from runtime.backends.local.actors import ActorsMixin
+from runtime.backends.local.nested import NestedMixin
+from runtime.backends.local.objects import _ERR, _OK, _PENDING, ObjectsMixin, _Obj
 from runtime.backends.local.pool import WorkerProc, spawn_worker
 from runtime.backends.local.protocol import error_from_record, loads, sys_error_record
 from runtime.cluster_spec import node_types_by_name, parse_nodes
 from runtime.errors import (
-    GetTimeoutError,
     ObjectLostError,
     PolicyError,
     RuntimeShutdownError,
@@ -44,7 +44,7 @@ from runtime.errors import (
     WorkerCrashedError,
 )
 from runtime.events import EventKind as K
-from runtime.policies import NodeIndex, Place, Preempt, get_policy
+from runtime.policies import FirstFit, NodeIndex, Place, Preempt, get_policy
 from runtime.policies.base import NodeInfo, TaskInfo, check_feasible, check_placement
 from runtime.refs import ObjectRef
 from runtime.resources import EPSILON, Resources
@@ -52,40 +52,8 @@ from runtime.serialization import check_call_args
 
 __all__ = ["LocalBackend"]
 
-_PENDING, _OK, _ERR = 0, 1, 2
 _EMPTY_ARGS = store.serialize(((), {}), 0)
 _WINDOW_CAP = 256  # most tasks of one shape shown to the policy per pass
-
-
-class _Obj:
-    __slots__ = ("state", "blob", "waiters", "callbacks", "dependents", "refs", "pins",
-                 "escaped", "unwanted")
-
-    def __init__(self) -> None:
-        self.state = _PENDING
-        self.blob: Any = None
-        self.waiters: list[_Waiter] | None = None
-        self.callbacks: list[Callable[[], None]] | None = None
-        self.dependents: list[Any] | None = None
-        self.refs = 0
-        self.pins = 0
-        self.escaped = False
-        self.unwanted = False
-
-
-class _Waiter:
-    __slots__ = ("left", "fire", "fired")
-
-    def __init__(self, left: int, fire: Callable[[], None]) -> None:
-        self.left = left
-        self.fire = fire
-        self.fired = False
-
-    def hit(self) -> None:
-        self.left -= 1
-        if self.left <= 0 and not self.fired:
-            self.fired = True
-            self.fire()
 
 
 class _Task:
@@ -115,17 +83,19 @@ class _Task:
         self.shape: Any = None
 
 
-class LocalBackend(ActorsMixin, Backend):
+class LocalBackend(ObjectsMixin, NestedMixin, ActorsMixin, Backend):
     """Worker processes on this machine, one or several virtual nodes, no server."""
 
     kind = "local"
 
     def __init__(self, *, num_cpus: float | None = None, num_gpus: float | None = None,
                  resources: Any = None, nodes: Any = None, policy: Any = None,
-                 autoscaler: Any = None, node_types: Any = None, speeds: Any = None) -> None:
+                 autoscaler: Any = None, node_types: Any = None, speeds: Any = None,
+                 prefetch: bool = True) -> None:
         super().__init__()
         groups = parse_nodes(nodes, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
         self.policy = get_policy(policy)
+        self._prefetch = bool(prefetch) and type(self.policy) is FirstFit
         self.autoscaler = get_autoscaler(autoscaler)
         self._node_types = node_types_by_name(groups, node_types or ())
         self._t0 = time.monotonic()
@@ -148,6 +118,10 @@ class LocalBackend(ActorsMixin, Backend):
         self._rc_q: collections.deque[int] = collections.deque()
         self._node_seq: dict[str, int] = {}
         self._segments: set[str] = set()
+        self._no_room: dict[Any, int] = {}
+        self._dirty = False  # the reader schedules once per wake-up when set
+        #: Internal errors the reader thread survived (for debugging; should stay empty).
+        self.errors: list[BaseException] = []
         self._init_actors()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -207,173 +181,6 @@ class LocalBackend(ActorsMixin, Backend):
         return {"backend": "local", "nodes": len(self.index), "workers": len(self._workers),
                 "policy": getattr(self.policy, "name", type(self.policy).__name__)}
 
-    # ---------------------------------------------------------------- objects
-    def _ref_created(self, oid: int) -> None:
-        self._rc_q.append(oid)
-
-    def _ref_deleted(self, oid: int) -> None:
-        self._rc_q.append(-oid)
-
-    def _escaped(self, oid: int) -> None:
-        o = self._objs.get(oid)
-        if o is not None:
-            o.escaped = True
-
-    def _drain_refcounts(self) -> None:
-        q = self._rc_q
-        objs = self._objs
-        while q:
-            oid = q.popleft()
-            o = objs.get(abs(oid))
-            if o is None:
-                continue
-            if oid > 0:
-                o.refs += 1
-            else:
-                o.refs -= 1
-                if o.refs <= 0:
-                    self._maybe_free(abs(oid), o)
-
-    def _maybe_free(self, oid: int, o: _Obj) -> None:
-        if o.refs > 0 or o.pins > 0 or o.escaped:
-            return
-        if o.state == _PENDING:
-            o.unwanted = True
-            return
-        del self._objs[oid]
-        self._drop_blob(o.blob)
-
-    def _drop_blob(self, blob: Any) -> None:
-        if blob is not None and blob[2] is not None:
-            name = blob[2][0]
-            self._segments.discard(name)
-            store.unlink(name)
-
-    def _track(self, blob: Any) -> Any:
-        if blob[2] is not None:
-            self._segments.add(blob[2][0])
-        return blob
-
-    def _complete(self, oid: int, state: int, blob: Any) -> None:
-        """Settle an object (under the lock): wake waiters, run callbacks, release dependents."""
-        o = self._objs.get(oid)
-        self._tasks.pop(oid, None)
-        if o is None or o.state != _PENDING:
-            self._drop_blob(blob)
-            return
-        o.state, o.blob = state, self._track(blob)
-        if o.waiters:
-            ws, o.waiters = o.waiters, None
-            for w in ws:
-                w.hit()
-        if o.dependents:
-            deps, o.dependents = o.dependents, None
-            for t in deps:
-                self._dep_done(t, o)
-        if o.callbacks:
-            cbs, o.callbacks = o.callbacks, None
-            for cb in cbs:
-                try:
-                    cb()
-                except Exception:  # noqa: BLE001 - a callback must not break the runtime
-                    pass
-        if o.unwanted:
-            self._maybe_free(oid, o)
-
-    def _fail(self, oid: int, exc: BaseException) -> None:
-        self._complete(oid, _ERR, sys_error_record(exc, self._pid))
-
-    def put(self, value: Any) -> ObjectRef:
-        """Pickle once (big buffers into shared memory) and keep it in the driver."""
-        blob = store.serialize(value, self._pid)
-        with self._lock:
-            self._check_open()
-            oid = self.next_id()
-            o = self._objs[oid] = _Obj()
-            o.state, o.blob = _OK, self._track(blob)
-        return ObjectRef(oid, self)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeShutdownError("the local cluster was shut down; call runtime.init()")
-
-    def _value(self, oid: int) -> Any:
-        o = self._objs.get(oid)
-        if o is None:
-            raise ObjectLostError(f"object {oid} is not known to this cluster (freed, or from "
-                                  f"another runtime session)")
-        if o.state == _OK:
-            return store.deserialize(o.blob)
-        raise error_from_record(o.blob)
-
-    def _watch(self, ids: Sequence[int], need: int, fire: Callable[[], None]) -> _Waiter | None:
-        """Register ``fire`` for when ``need`` of ``ids`` are done (None: already are)."""
-        pend = [self._objs[i] for i in ids if i in self._objs and self._objs[i].state == _PENDING]
-        done = len(ids) - len(pend)
-        if done >= need:
-            return None
-        w = _Waiter(need - done, fire)
-        for o in pend:
-            if o.waiters is None:
-                o.waiters = [w]
-            else:
-                o.waiters.append(w)
-        return w
-
-    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
-        """Values in order; the first error (in ref order) is raised."""
-        objs = self._objs
-        ids = [r.id for r in refs]
-        if not all((o := objs.get(i)) is not None and o.state for i in ids):
-            ev = threading.Event()
-            with self._lock:
-                self._drain_refcounts()
-                if self._closed and any(i in objs and objs[i].state == _PENDING for i in ids):
-                    raise RuntimeShutdownError("the local cluster was shut down")
-                w = self._watch(ids, len(ids), ev.set)
-            if w is not None and not ev.wait(timeout):
-                with self._lock:
-                    w.fired = True
-                if not ev.is_set():
-                    raise GetTimeoutError(f"get() timed out after {timeout} s; "
-                                          f"{w.left} of {len(ids)} object(s) not ready "
-                                          f"(the tasks keep running)")
-        return [self._value(i) for i in ids]
-
-    def wait(self, refs: Sequence[ObjectRef], num_returns: int,
-             timeout: float | None) -> list[int]:
-        """Indexes of done refs once ``num_returns`` are, or when time runs out."""
-        ids = [r.id for r in refs]
-        if timeout is None or timeout > 0:
-            ev = threading.Event()
-            with self._lock:
-                w = self._watch(ids, num_returns, ev.set)
-            if w is not None:
-                ev.wait(timeout)
-                with self._lock:
-                    w.fired = True
-        objs = self._objs
-        done = [i for i, oid in enumerate(ids) if (o := objs.get(oid)) is None or o.state]
-        return done[:num_returns]
-
-    def done(self, ref: ObjectRef) -> bool:
-        """Whether the object is settled."""
-        o = self._objs.get(ref.id)
-        return o is None or o.state != _PENDING
-
-    def add_done_callback(self, ref: ObjectRef, fn: Callable[[ObjectRef], None]) -> None:
-        """Call ``fn(ref)`` when settled (now, in this thread, when it already is)."""
-        with self._lock:
-            o = self._objs.get(ref.id)
-            if o is not None and o.state == _PENDING:
-                cb = (lambda: fn(ref))
-                if o.callbacks is None:
-                    o.callbacks = [cb]
-                else:
-                    o.callbacks.append(cb)
-                return
-        fn(ref)
-
     # ------------------------------------------------------------------ tasks
     def _fn_id(self, fn: Any) -> int:
         entry = self._fn_by_obj.get(id(fn))
@@ -398,11 +205,15 @@ class LocalBackend(ActorsMixin, Backend):
         deps = [a.id for a in args if type(a) is ObjectRef]
         if kwargs:
             deps += [a.id for a in kwargs.values() if type(a) is ObjectRef]
+        objs = self._objs
+        was = [(o, o.escaped) for d in deps if (o := objs.get(d)) is not None]
         try:
             blob = store.serialize((args, kwargs), self._pid)
         except Exception:
             check_call_args(name, args, kwargs)
             raise
+        for o, esc in was:  # top-level refs are resolved, not kept by the task
+            o.escaped = esc
         return blob, deps
 
     def _feasible_check(self, info: TaskInfo) -> None:
@@ -531,9 +342,10 @@ class LocalBackend(ActorsMixin, Backend):
         self._complete(t.id, state, blob)
 
     # ------------------------------------------------------------- scheduling
-    def _capacity(self, request: Resources, accel: str | None, blocked: set[str]) -> int:
+    def _capacity(self, info: TaskInfo, blocked: set[str]) -> int:
         n = 0
-        for node in self.index.fitting(TaskInfo(0, "", request, accelerator_type=accel)):
+        request = info.request
+        for node in self.index.fitting(info):
             if node.id in blocked:
                 continue
             if not request:
@@ -545,6 +357,11 @@ class LocalBackend(ActorsMixin, Backend):
 
     def _schedule(self) -> None:
         """Serve lenders waiting to unblock, then let the policy place ready tasks."""
+        self._schedule_pass()
+        if self._prefetch and self._shapes and not self._unblock and not self._closed:
+            self._fill_prefetch()
+
+    def _schedule_pass(self) -> None:
         if self._closed:
             return
         blocked: set[str] = set()
@@ -558,10 +375,16 @@ class LocalBackend(ActorsMixin, Backend):
         if not self._shapes:
             return
         window: list[TaskInfo] = []
-        for (req, accel), group in self._shapes.items():
-            cap = self._capacity(req, accel, blocked)
+        version = self.index.version
+        no_room = self._no_room
+        for key, group in self._shapes.items():
+            if no_room.get(key) == version and not blocked:
+                continue  # nothing changed since this shape last found no room
+            cap = self._capacity(next(iter(group.values())).info, blocked)
             if cap:
                 window.extend(t.info for t in itertools.islice(group.values(), cap))
+            elif not blocked:
+                no_room[key] = version
         if not window:
             return
         window.sort(key=lambda i: i.id)
@@ -619,13 +442,16 @@ class LocalBackend(ActorsMixin, Backend):
         t.state, t.worker, t.node = "running", w, nid
         t.attempt += 1
         w.task = t
+        self.events.emit(self.now(), K.TASK_STARTED, t.id, nid, attempt=t.attempt,
+                         name=t.name, pid=w.pid)
+        self._send_run(w, t)
+
+    def _send_run(self, w: WorkerProc, t: _Task) -> None:
         fn_bytes = None
         if t.fn_id not in w.fns:
             fn_bytes = self._fn_bytes[t.fn_id]
             w.fns.add(t.fn_id)
         deps = {d: self._objs[d].blob for d in t.deps} if t.deps else None
-        self.events.emit(self.now(), K.TASK_STARTED, t.id, nid, attempt=t.attempt,
-                         name=t.name, pid=w.pid)
         if not w.send(("run", t.id, t.fn_id, fn_bytes, t.args, deps, t.name)):
             self._on_death(w, "its connection was closed")
 
@@ -646,6 +472,42 @@ class LocalBackend(ActorsMixin, Backend):
             self.index.release(t.id, amount)
         else:
             self.index.release(t.id)
+
+    def _fill_prefetch(self) -> None:
+        """Send each busy worker the next ready task of its running task's shape, to
+        start the moment the running one ends (as ProcessPoolExecutor queues one
+        extra call): the worker never idles waiting for a round trip. Only for
+        FirstFit, where the freed slot is exactly where the policy would put it."""
+        shapes = self._shapes
+        for w in self._workers.values():
+            t = w.task
+            if t is None or w.queued is not None or t.lent is not None or w.actor is not None:
+                continue
+            group = shapes.get(t.shape)
+            if not group:
+                continue
+            u = next(iter(group.values()))
+            self._unready(u)
+            u.state, u.worker, u.node = "queued", w, w.node
+            w.queued = u
+            self._send_run(w, u)
+            if not shapes:
+                return
+
+    def _task_over(self, w: WorkerProc, t: _Task) -> None:
+        """``t`` ended on ``w``: release it; a task sent ahead takes its slot at once."""
+        self._release(t)
+        u = w.queued
+        if u is None or w.dead:
+            self._idle_worker(w)
+            return
+        w.queued = None
+        self.index.allocate(u.info, w.node)  # fits: the same shape was just released
+        u.state = "running"
+        u.attempt += 1
+        w.task = u
+        self.events.emit(self.now(), K.TASK_STARTED, u.id, w.node, attempt=u.attempt,
+                         name=u.name, pid=w.pid)
 
     def _idle_worker(self, w: WorkerProc) -> None:
         w.task = None
@@ -695,13 +557,16 @@ class LocalBackend(ActorsMixin, Backend):
                     self._drain_refcounts()
                     for raw in msgs:
                         m = loads(raw)
-                        if m[0] == "batch":
-                            for sub in m[1]:
+                        for sub in (m[1] if m[0] == "batch" else (m,)):
+                            try:
                                 self._handle(w, sub)
-                        else:
-                            self._handle(w, m)
+                            except Exception as exc:  # noqa: BLE001 - keep serving the rest
+                                self.errors.append(exc)
                     if dead:
                         self._on_death(w, "its process exited")
+                    if self._dirty:
+                        self._dirty = False
+                        self._schedule()
 
     def _handle(self, w: WorkerProc, m: Any) -> None:
         kind = m[0]
@@ -723,7 +588,7 @@ class LocalBackend(ActorsMixin, Backend):
         elif kind == "actor_ready":
             self._on_actor_ready(w, m[1], m[2], m[3])
         elif kind == "hello":
-            pass
+            w.ready = True
 
     def _on_done(self, w: WorkerProc, tid: int, ok: bool, blob: Any) -> None:
         t = self._tasks.get(tid)
@@ -733,8 +598,7 @@ class LocalBackend(ActorsMixin, Backend):
         if t.actor is not None:
             self._on_call_done(w, t, ok, blob)
             return
-        self._release(t)
-        self._idle_worker(w)
+        self._task_over(w, t)
         if t.cancelled:
             self._drop_blob(blob)
             self._cancelled(t)
@@ -753,7 +617,7 @@ class LocalBackend(ActorsMixin, Backend):
                              error=getattr(err, "cause_type", type(err).__name__),
                              reason="exception")
             self._finish(t, _ERR, blob)
-        self._schedule()
+        self._dirty = True
 
     def _retry_exception(self, t: _Task, blob: Any) -> bool:
         rex = t.retry_exceptions
@@ -770,10 +634,9 @@ class LocalBackend(ActorsMixin, Backend):
             self._on_call_done(w, t, False, sys_error_record(
                 TaskCancelledError(t.name, t.id), self._pid))
             return
-        self._release(t)
-        self._idle_worker(w)
+        self._task_over(w, t)
         self._cancelled(t)
-        self._schedule()
+        self._dirty = True
 
     def _cancelled(self, t: _Task) -> None:
         self.events.emit(self.now(), K.TASK_CANCELLED, t.id, t.node, name=t.name)
@@ -796,6 +659,13 @@ class LocalBackend(ActorsMixin, Backend):
             self._on_actor_death(w, why)
             self._schedule()
             return
+        u, w.queued = w.queued, None
+        if u is not None and u.state == "queued":  # sent ahead, never started: ready again
+            u.state, u.worker = "waiting", None
+            if u.cancelled:
+                self._cancelled(u)
+            else:
+                self._make_ready(u)
         t, w.task = w.task, None
         if t is not None and t.state == "running":
             if t in self._unblock:
@@ -815,120 +685,6 @@ class LocalBackend(ActorsMixin, Backend):
                     t.name, t.id, t.attempt, w.label, why), self._pid))
         self._schedule()
 
-    # -------------------------------------------------------- nested requests
-    def _reply(self, w: WorkerProc, req_id: int, payload: Any) -> None:
-        if not w.send(("reply", req_id, payload)):
-            self._on_death(w, "its connection was closed")
-
-    def _on_request(self, w: WorkerProc, req_id: int, kind: str, p: Any) -> None:
-        try:
-            if kind in ("get", "wait"):
-                self._blocking_request(w, req_id, kind, p)
-                return
-            if kind == "submit":
-                out: Any = self._submit_remote(*p)
-            elif kind == "put":
-                out = self.next_id()
-                o = self._objs[out] = _Obj()
-                o.state, o.blob, o.escaped = _OK, self._track(p), True
-            elif kind == "done":
-                o = self._objs.get(p)
-                out = o is None or o.state != _PENDING
-            elif kind == "cancel":
-                out = self._cancel_locked(p[0], p[1])
-            elif kind == "create_actor":
-                out = self._create_actor_remote(*p)
-            elif kind == "call_actor":
-                out = self._call_actor_locked(*p, escaped=True)
-            elif kind == "kill_actor":
-                self._kill_actor_locked(*p)
-                out = None
-            elif kind == "nodes":
-                out = self.index.nodes()
-            else:
-                raise ValueError(f"unknown request {kind!r}")
-        except Exception as exc:  # noqa: BLE001 - the error goes back to the task
-            out = ("error", sys_error_record(exc, self._pid))
-        self._reply(w, req_id, out)
-
-    def _blocking_request(self, w: WorkerProc, req_id: int, kind: str, p: Any) -> None:
-        ids = p[0]
-        need = len(ids) if kind == "get" else p[1]
-        if kind == "wait" and p[2] == 0:
-            need = 0
-
-        def ready() -> None:
-            t = w.task
-            w.blocked_req = None
-            if t is not None and t.lent is not None:
-                t.state = "resuming"
-                self._pending_reply[t.id] = (w, req_id, kind, p)
-                self._unblock.append(t)
-                if len(self._unblock) == 1 and t.lent.fits(self.index.node(t.node).free):
-                    self._unblock.popleft()
-                    self._resume(t)
-            else:
-                self._send_result(w, req_id, kind, p)
-
-        waiter = None if need == 0 else self._watch(ids, need, ready)
-        if waiter is None:
-            self._send_result(w, req_id, kind, p)
-            return
-        w.blocked_req = (req_id, kind, p, waiter)
-        t = w.task
-        if t is not None and t.info is not None:
-            cpu = t.info.request.get("CPU", 0.0)
-            if cpu > 0:
-                t.lent = Resources._trusted({"CPU": cpu})
-                self.index.release(t.id, t.lent, keep_running=True)
-            self.events.emit(self.now(), K.TASK_BLOCKED, t.id, t.node)
-            self._schedule()
-
-    def _send_result(self, w: WorkerProc, req_id: int, kind: str, p: Any) -> None:
-        objs = self._objs
-        if kind == "get":
-            out = []
-            for i in p[0]:
-                o = objs.get(i)
-                if o is None:
-                    out.append((False, sys_error_record(ObjectLostError(f"object {i} is gone"),
-                                                        self._pid)))
-                else:
-                    out.append((o.state == _OK, o.blob))
-        else:
-            out = [k for k, i in enumerate(p[0]) if (o := objs.get(i)) is None or o.state]
-            out = out[: p[1]]
-        self._reply(w, req_id, out)
-
-    def _resume(self, t: _Task) -> None:
-        """A lender's objects are ready and its CPU is free again: take it back, reply."""
-        if t.lent is not None:
-            self.index.reacquire(t.id, t.lent)
-            t.lent = None
-        t.state = "running"
-        self.events.emit(self.now(), K.TASK_UNBLOCKED, t.id, t.node)
-        entry = self._pending_reply.pop(t.id, None)
-        if entry is not None:
-            self._send_result(*entry)
-
-    def _on_abandon(self, w: WorkerProc, req_id: int) -> None:
-        t = w.task
-        if w.blocked_req is not None and w.blocked_req[0] == req_id:
-            w.blocked_req[3].fired = True  # its waiter may still be hit: make that a no-op
-            w.blocked_req = None
-            if t is not None and t.lent is not None:
-                t.state = "resuming"
-                self._pending_reply[t.id] = (w, req_id, "timeout", None)
-                self._unblock.append(t)
-                self._schedule()
-                return
-            self._reply(w, req_id, ("timeout",))
-            return
-        if t is not None and t.id in self._pending_reply and \
-                self._pending_reply[t.id][1] == req_id:
-            return  # a reply is already on its way, once the CPU is back
-        # the reply was already sent: the worker will read it
-
     # ---------------------------------------------------------------- cancel
     def cancel(self, ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> bool:
         """Pending: never runs. Running: SIGINT (``force``: SIGKILL the worker)."""
@@ -946,11 +702,17 @@ class LocalBackend(ActorsMixin, Backend):
             self._cancelled(t)
             return True
         t.cancelled = True
+        if t.state == "queued":  # sent ahead: the worker skips it
+            t.worker.send(("cancel", tid))
+            return True
         w = t.worker
         if w is not None:
-            if not force:
+            if force:
+                w.kill(signal.SIGKILL)
+            else:
                 w.send(("cancel", tid))
-            w.kill(signal.SIGKILL if force else signal.SIGINT)
+                if w.ready:
+                    w.kill(signal.SIGINT)
         return True
 
     # ----------------------------------------------------------------- output

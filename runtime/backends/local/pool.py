@@ -31,7 +31,7 @@ class WorkerProc:
     """The driver's record of one worker process."""
 
     __slots__ = ("proc", "conn", "pid", "node", "task", "actor", "fns", "dead", "label",
-                 "blocked_req", "idle_since")
+                 "blocked_req", "idle_since", "ready", "queued")
 
     def __init__(self, proc: subprocess.Popen[bytes], conn: Connection, node: str) -> None:
         self.proc = proc
@@ -45,6 +45,8 @@ class WorkerProc:
         self.label = f"{node}/pid {proc.pid}"
         self.blocked_req: Any = None
         self.idle_since = 0.0
+        self.ready = False  # said hello: its SIGINT handler is installed
+        self.queued: Any = None  # a _Task sent ahead, to start when ``task`` ends
 
     def send(self, msg: Any) -> bool:
         """Send one message; False when the worker is gone."""

@@ -44,7 +44,11 @@ def _prefix(owner_pid: int) -> str:
 def serialize(value: Any, owner_pid: int) -> Blob:
     """Pickle ``value``; big out-of-band buffers go to a new shm segment named for ``owner_pid``."""
     buffers: list[pickle.PickleBuffer] = []
-    data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    try:  # plain pickle is several times faster; cloudpickle for what it cannot do
+        data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception:  # noqa: BLE001 - lambdas, __main__ classes, closures...
+        buffers.clear()
+        data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     if not buffers:
         return (data, None, None)
     raws = [b.raw() for b in buffers]

@@ -204,6 +204,8 @@ def _run(chan: Channel, state: _State, tid: int, name: str, call: Any) -> None:
     try:
         state.running = True  # from here on a SIGINT interrupts this task
         try:
+            if chan.outbox:  # never hold a finished result back behind this task
+                chan.flush()
             _check_cancelled(chan, tid)
             result = call()
         finally:

@@ -13,14 +13,12 @@ only from engine callbacks run by the driver's greenlet, never from a body.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
 import math
 import pickle
-import random
-import sys
 import threading
-import traceback
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -32,16 +30,15 @@ from runtime.autoscaling.base import NoAutoscaling, NodeType
 from runtime.backends.base import Backend, TaskSpec
 from runtime.backends.sim import core
 from runtime.backends.sim.actors import ActorsMixin
+from runtime.backends.sim.bodies import BodiesMixin
 from runtime.backends.sim.cluster import ClusterMixin
-from runtime.backends.sim.core import Obj, Task, TaskGreenlet, Waiter
-from runtime.cluster_spec import node_types_by_name, parse_nodes
+from runtime.backends.sim.core import Obj, Task, TaskGreenlet
+from runtime.cluster_spec import NodeGroup, node_types_by_name, parse_nodes
 from runtime.errors import (
     GetTimeoutError,
     RuntimeShutdownError,
-    SerializationError,
     SimDeadlock,
     TaskCancelledError,
-    make_task_error,
 )
 from runtime.events import Event, EventKind
 from runtime.policies import get_policy
@@ -60,7 +57,7 @@ _INF = float("inf")
 E = EventKind
 
 
-class SimBackend(ClusterMixin, ActorsMixin, Backend):
+class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
     """Runs tasks for real, in-process, on a simulated cluster in virtual time."""
 
     kind = "sim"
@@ -106,6 +103,7 @@ class SimBackend(ClusterMixin, ActorsMixin, Backend):
         self.autoscale_interval = float(autoscale_interval)
         groups = parse_nodes(nodes, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                              default_cpus=DEFAULT_CPUS)
+        groups = _keep_initial_nodes(nodes, groups)
         self.node_types: dict[str, NodeType] = node_types_by_name(groups, list(node_types))
         self._trace: list[tuple[Any, ...]] | None = [] if trace else None
         self._objects: dict[int, Obj] = {}
@@ -123,6 +121,9 @@ class SimBackend(ClusterMixin, ActorsMixin, Backend):
         self._feasible_cache: dict[tuple[Any, ...], int] = {}
         self._booting = 0
         self._scale_tick = False
+        self._horizon: float | None = None  # the deadline the driver waits for, if any
+        self._watch: set[int] | None = None  # ids the driver waits for (see _drive)
+        self._watch_left = 0
         for g in groups:
             for _ in range(g.count):
                 self._add_node(g.node_type, "up")
@@ -264,11 +265,12 @@ class SimBackend(ClusterMixin, ActorsMixin, Backend):
             o.callbacks.append(on_dep)
 
     def _obj_of(self, ref: ObjectRef) -> Obj:
+        if ref.backend is not self:
+            raise ValueError(f"ObjectRef({ref.id}) belongs to another cluster (an earlier "
+                             f"init()?), not this sim cluster")
         obj = self._objects.get(ref.id)
         if obj is None:
-            if ref._backend is not self:
-                raise ValueError(f"{ref!r} belongs to another cluster, not this sim cluster")
-            raise ValueError(f"{ref!r}: its value was freed")
+            raise ValueError(f"ObjectRef({ref.id}): its value was freed")
         return obj
 
     def _enqueue(self, t: Task) -> None:
@@ -295,221 +297,32 @@ class SimBackend(ClusterMixin, ActorsMixin, Backend):
         obj.callbacks = []
         return ObjectRef(obj.id, self)
 
-    # ------------------------------------------------------------------ running bodies
-    def _start(self, t: Task) -> None:
-        t.attempt += 1
-        t.state = "running"
-        self._emit(E.TASK_STARTED, t.id, t.node, attempt=t.attempt, name=t.name)
-        g = TaskGreenlet(self._run_body)
-        g.task = t
-        g.backend = self
-        t.glet = g
-        g.switch(t, t.attempt)
-
-    def _run_body(self, t: Task, attempt: int) -> None:
-        """Greenlet entry point: run the body, then schedule its end in virtual time."""
-        if self.seed is not None:
-            self._seed_rngs(t)
-        args, kwargs = t.args, t.kwargs
-        try:
-            if any(isinstance(a, ObjectRef) for a in args):
-                args = tuple(self._objects[a.id].value if isinstance(a, ObjectRef) else a
-                             for a in args)
-            if kwargs and any(isinstance(v, ObjectRef) for v in kwargs.values()):
-                kwargs = {k: self._objects[v.id].value if isinstance(v, ObjectRef) else v
-                          for k, v in kwargs.items()}
-            value = self._call_body(t, args, kwargs)
-            delay = self._duration(t, args, kwargs)
-            if self.check_pickle and t.init_of is None:
-                _check_return(t, value)
-        except Exception as exc:  # noqa: BLE001 - the task's error goes to its ref
-            tb = exc.__traceback__
-            text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
-            err = make_task_error(exc, text, task_name=t.name, task_id=t.id, node=t.node)
-            retry = t.init_of is None and t.actor is None and _should_retry(t, exc)
-            self.env.timeout(0).callbacks.append(
-                lambda e, x=exc, r=err, again=retry: self._end_failed(t, attempt, x, r, again))
-            return
-        finally:
-            if t.attempt == attempt:
-                t.glet = None
-        self.env.timeout(delay).callbacks.append(lambda e: self._end_ok(t, attempt, value))
-
-    def _call_body(self, t: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if t.actor is not None:
-            return getattr(t.actor.instance, t.method)(*args, **kwargs)
-        return t.fn(*args, **kwargs)
-
-    def _seed_rngs(self, t: Task) -> None:
-        random.seed(f"nbcluster-sim:{self.seed}:{t.id}")
-        np = sys.modules.get("numpy")
-        if np is not None:
-            digest = hashlib.sha256(f"{self.seed}:{t.id}".encode()).digest()
-            np.random.seed(int.from_bytes(digest[:4], "little"))
-
-    def _duration(self, t: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
-        d = t.duration
-        if d is None:
-            return 0.0
-        if callable(d):
-            d = d(t.method, *args, **kwargs) if t.actor is not None else d(*args, **kwargs)
-            if isinstance(d, bool) or not isinstance(d, (int, float)) or math.isnan(d) \
-                    or d < 0 or math.isinf(d):
-                raise ValueError(f"sim_duration of task {t.name!r} returned {d!r}: expected a "
-                                 f"finite number of seconds >= 0")
-        if t.node is not None and t.actor is None and d:
-            speed = self.index.speed(t.info, self.index.node(t.node))
-            if not speed > 0:
-                raise ValueError(f"task kind {t.info.task_kind!r} has speed {speed!r} on node "
-                                 f"{t.node}: it cannot run there (speeds must be > 0)")
-            d = d / speed
-        return float(d)
-
-    def _end_ok(self, t: Task, attempt: int, value: Any) -> None:
-        if t.attempt != attempt or t.state != "running":
-            return
-        self._release(t)
-        t.state = "done"
-        self._tasks.pop(t.id, None)
-        self._emit(E.TASK_FINISHED, t.id, t.node)
-        self._complete(t.obj, value, None)
-        self._after_end(t, True, value)
-
-    def _end_failed(self, t: Task, attempt: int, exc: Exception, err: BaseException,
-                    retry: bool) -> None:
-        if t.attempt != attempt or t.state != "running":
-            return
-        self._release(t)
-        if retry:
-            self._emit(E.TASK_RETRIED, t.id, t.node, attempt=t.attempt,
-                       reason=f"raised {type(exc).__name__}")
-            self._enqueue(t)
-            return
-        self._fail(t, err, f"raised {type(exc).__name__}")
-        self._after_end(t, False, err)
-
-    def _release(self, t: Task) -> None:
-        """Give back what the task holds (less what it lent while blocked)."""
-        if t.holds and t.actor is None and t.init_of is None and t.node is not None:
-            if t.lent:
-                self.index.release(t.id, t.info.request - t.lent)
-                t.lent = None
-            else:
-                self.index.release(t.id)
-            self._kick()
-
-    def _fail(self, t: Task, err: BaseException, reason: str) -> None:
-        """Finish ``t`` with an error (its greenlet, if any, must already be gone)."""
-        t.state = "done"
-        t.token += 1
-        self._tasks.pop(t.id, None)
-        self._emit(E.TASK_FAILED, t.id, t.node, error=type(err).__name__, reason=reason)
-        self._complete(t.obj, None, err)
-        if t.init_of is not None:
-            self._init_failed(t, err)
-
-    def _complete(self, obj: Obj, value: Any, error: BaseException | None) -> None:
-        obj.done = True
-        obj.value = value
-        obj.error = error
-        obj.task = None
-        callbacks, obj.callbacks = obj.callbacks, []
-        for cb in callbacks:
-            cb(obj)
-        if obj.refs <= 0:
-            self._objects.pop(obj.id, None)
-
-    def _abort(self, t: Task) -> None:
-        """Stop a running attempt: release its resources and unwind its greenlet."""
-        t.token += 1
-        if t in self._reacq:
-            self._reacq.remove(t)
-        self._release(t)
-        g, t.glet = t.glet, None
-        t.state = "aborted"
-        if g is not None and not g.dead:
-            if isinstance(core.getcurrent(), TaskGreenlet):
-                self.env.timeout(0).callbacks.append(lambda e: core.kill_greenlet(g))
-            else:
-                core.kill_greenlet(g)
-
-    # ------------------------------------------------------------------ simcalls in bodies
-    def _yield(self, t: Task) -> Any:
-        g = t.glet
-        assert g is not None and g is core.getcurrent()
-        return g.parent.switch()
-
-    def _resume(self, t: Task, token: int, value: Any) -> None:
-        if t.token != token or t.glet is None:
-            return
-        if t.state in ("blocked", "unblocking"):
-            self._emit(E.TASK_UNBLOCKED, t.id, t.node)
-        t.state = "running"
-        t.glet.switch(value)
-
-    def _block(self, t: Task, objs: list[Obj], k: int, timeout: float | None) -> bool:
-        """Suspend ``t`` until ``k`` of ``objs`` are done (True) or the timeout passes (False);
-        its CPU is lent meanwhile (GPUs and custom resources are kept)."""
-        t.token += 1
-        token = t.token
-
-        def ready(ok: bool) -> None:
-            if t.token != token:
-                return
-            t.wake = ok
-            if t.lent:
-                t.state = "unblocking"  # the next pass resumes it once its CPU is free
-                self._reacq.append(t)
-                self._kick()
-            else:
-                self.env.timeout(0).callbacks.append(lambda e: self._resume(t, token, ok))
-
-        w = Waiter(k, ready)
-        for o in objs:
-            o.callbacks.append(w)
-        if timeout is not None:
-            def on_timeout(_e: Any) -> None:
-                if not w.fired:
-                    w.fired = True
-                    ready(False)
-
-            self.env.timeout(timeout).callbacks.append(on_timeout)
-        cpu = t.info.request.get("CPU", 0.0)
-        if self.lending and t.holds and cpu and t.actor is None and t.init_of is None:
-            self.index.release(t.id, {"CPU": cpu}, keep_running=True)
-            t.lent = {"CPU": cpu}
-            self._kick()
-        t.state = "blocked"
-        self._emit(E.TASK_BLOCKED, t.id, t.node)
-        return bool(self._yield(t))
-
-    def _task_wait_objs(self, t: Task, objs: list[Obj], k: int, timeout: float | None) -> bool:
-        need = k - sum(1 for o in objs if o.done)
-        if need <= 0:
-            return True
-        if timeout == 0:
-            return False
-        return self._block(t, [o for o in objs if not o.done], need, timeout)
-
     # ------------------------------------------------------------------ the driver
     def _drive(self, objs: list[Obj], k: int, timeout: float | None) -> bool:
-        """Step the engine until ``k`` of ``objs`` are done (True) or time is up (False)."""
-        need = k - sum(1 for o in objs if o.done)
+        """Step the engine until ``k`` of ``objs`` are done (True) or time is up (False).
+
+        The driver watches a set of ids (checked once per completion) instead of
+        hanging a callback on every object, so ``wait`` in a loop leaves nothing behind."""
+        left = [o for o in objs if not o.done]
+        need = k - (len(objs) - len(left))
         if need <= 0:
             return True
         if self._stepping:
             raise RuntimeError("get()/wait() called from inside a simulation callback (such as "
                                "an add_done_callback function); call it from the driver or a task")
-        w = Waiter(need)
-        for o in objs:
-            if not o.done:
-                o.callbacks.append(w)
+        watch = {o.id for o in left}
+        self._watch = watch
+        self._watch_left = min(need, len(watch))
         deadline = None if timeout is None else self.env.now + timeout
-        return self._run_engine(lambda: w.remaining <= 0, deadline)
+        try:
+            return self._run_engine(lambda: self._watch_left <= 0, deadline)
+        finally:
+            self._watch = None
 
     def _run_engine(self, cond: Callable[[], bool], deadline: float | None) -> bool:
         env = self.env
         self._stepping = True
+        self._horizon = deadline
         try:
             while not cond():
                 nxt = env.peek()
@@ -528,6 +341,7 @@ class SimBackend(ClusterMixin, ActorsMixin, Backend):
             raise
         finally:
             self._stepping = False
+            self._horizon = None
 
     def _deadlock_message(self) -> str:
         live = sorted(self._tasks.values(), key=lambda t: t.id)
@@ -547,12 +361,31 @@ class SimBackend(ClusterMixin, ActorsMixin, Backend):
         return msg
 
     def _objs(self, refs: Sequence[ObjectRef]) -> list[Obj]:
-        return [self._obj_of(r) for r in refs]
+        objects = self._objects
+        try:
+            out = [objects[r.id] for r in refs if r._backend is self]
+            if len(out) == len(refs):
+                return out
+        except KeyError:
+            pass
+        return [self._obj_of(r) for r in refs]  # slow path: names a foreign or freed ref
+
+    def _foreign(self) -> bool:
+        return (threading.get_ident() != self._thread_id
+                and not isinstance(core.getcurrent(), TaskGreenlet))
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
-        """Values in order (virtual-time wait); raises the first error in ref order."""
-        t = self._require_driver_or_task("get")
-        objs = self._objs(refs)
+        """Values in order (virtual-time wait); raises the first error in ref order.
+
+        Another thread may read refs that are already done; only blocking is refused."""
+        if self._foreign() and not self._closed:
+            objs = self._objs(refs)
+            if not all(o.done for o in objs):
+                self._require_driver_or_task("get")  # raises, naming the thread rule
+            t = None
+        else:
+            t = self._require_driver_or_task("get")
+            objs = self._objs(refs)
         if t is not None:
             ok = self._task_wait_objs(t, objs, len(objs), timeout)
         else:
@@ -571,6 +404,11 @@ class SimBackend(ClusterMixin, ActorsMixin, Backend):
     def wait(self, refs: Sequence[ObjectRef], num_returns: int,
              timeout: float | None) -> list[int]:
         """Indexes of the first ``num_returns`` done refs, in input order (virtual time)."""
+        if self._foreign() and not self._closed:
+            objs = self._objs(refs)
+            if sum(1 for o in objs if o.done) < num_returns and timeout != 0:
+                self._require_driver_or_task("wait")  # raises, naming the thread rule
+            return [i for i, o in enumerate(objs) if o.done][:num_returns]
         t = self._require_driver_or_task("wait")
         objs = self._objs(refs)
         if t is not None:
@@ -626,6 +464,8 @@ class SimBackend(ClusterMixin, ActorsMixin, Backend):
             return
         if self._stepping:
             raise RuntimeError("sleep() from inside a simulation callback")
+        if self.autoscaler is not None and seconds > 0:
+            self._arm_scale_tick()  # idle nodes may go while the driver sleeps
         self._run_engine(lambda: False, self.env.now + seconds) if seconds > 0 else None
 
     def now(self) -> float:
@@ -701,23 +541,18 @@ class SimBackend(ClusterMixin, ActorsMixin, Backend):
                 core.uninstall_sleep(self)
 
 
-def _check_return(t: Task, value: Any) -> None:
-    try:
-        pickle.dumps(value, protocol=5)
-    except Exception:  # noqa: BLE001 - name the culprit
-        try:
-            check_picklable(value, f"the return value of {t.name}()")
-        except SerializationError:
-            raise
-        except Exception:  # noqa: BLE001 - cloudpickle could pickle it
-            return
-
-
-def _should_retry(t: Task, exc: Exception) -> bool:
-    r = t.retry_exceptions
-    if not r or not (t.max_retries == -1 or t.attempt <= t.max_retries):
-        return False
-    return r is True or isinstance(exc, tuple(r))
+def _keep_initial_nodes(nodes: Any, groups: list[NodeGroup]) -> list[NodeGroup]:
+    """Node types listed in ``nodes=`` as dicts without ``min_count`` keep their ``count``
+    as the minimum, so an autoscaler never removes the cluster the user described."""
+    if not nodes:
+        return groups
+    out = []
+    for item, g in zip(nodes, groups, strict=True):
+        nt = g.node_type
+        if isinstance(item, Mapping) and "min_count" not in item and nt.min_count < g.count:
+            nt = dataclasses.replace(nt, min_count=min(g.count, nt.max_count))
+        out.append(NodeGroup(nt, g.count))
+    return out
 
 
 def _check_speeds(speeds: Any) -> dict[str, dict[str, float]] | None:

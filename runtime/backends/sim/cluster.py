@@ -29,6 +29,7 @@ else:
 __all__ = ["ClusterMixin"]
 
 _INF = float("inf")
+_RUNNING = ("running", "blocked", "unblocking")
 
 
 class ClusterMixin(_Base):
@@ -162,7 +163,9 @@ class ClusterMixin(_Base):
             infos = [t.info for t in window.values()]
             if len(self._groups) > 1:
                 infos.sort(key=lambda i: i.id)
-            decisions = self.policy.schedule(infos, self.index)
+            decisions = list(self.policy.schedule(infos, self.index))  # holds end here
+            # preemptions first: a placement in the same round may count on their room
+            decisions.sort(key=lambda d: not isinstance(d, Preempt))
             for d in decisions:
                 if isinstance(d, Place):
                     t = window.pop(d.task, None)
@@ -181,8 +184,11 @@ class ClusterMixin(_Base):
                     raise PolicyError(f"policy {getattr(self.policy, 'name', self.policy)!r} "
                                       f"returned {d!r}: expected Place or Preempt decisions")
             unmet = [t.info for t in window.values()]
-        if self.autoscaler is not None and (unmet or self._booting):
-            self._autoscale(unmet)
+        if self.autoscaler is not None:
+            if unmet or self._booting:
+                self._autoscale(unmet)
+            if not self._scale_tick and self._busy():
+                self._arm_scale_tick()
         for t in resume:
             self._resume(t, t.token, t.wake)
         for t in started:
@@ -203,6 +209,9 @@ class ClusterMixin(_Base):
 
     def _preempt(self, d: Preempt) -> None:
         t = self._tasks.get(d.task)
+        if any(a.alloc_id == d.task for a in self._actors.values()) or (
+                t is not None and t.init_of is not None):
+            return  # an actor's resources: actors are not preempted (as in Ray)
         if t is None or t.state not in ("running", "blocked", "unblocking") or t.actor is not None \
                 or t.init_of is not None:
             raise PolicyError(f"policy {getattr(self.policy, 'name', self.policy)!r} preempted "
@@ -230,12 +239,30 @@ class ClusterMixin(_Base):
         for node_id in decision.remove:
             if node_id in self.index and not self._node_busy(node_id):
                 self._remove_node(node_id, "autoscaler")
-        if self._groups and not self._scale_tick:
+
+    def _busy(self) -> bool:
+        """Whether something runs, boots, or the driver sleeps: the autoscaler keeps ticking
+        only then (never on stale timers), so an idle sim still ends in SimDeadlock."""
+        horizon = self._horizon
+        if self._booting or (horizon is not None and horizon > self.env.now):
+            return True
+        return any(t.state in _RUNNING for t in self._tasks.values())
+
+    def _arm_scale_tick(self) -> None:
+        """Call the autoscaler every ``autoscale_interval`` while anything else happens
+        (or the driver sleeps), so idle nodes are removed; never keeps an idle sim alive."""
+        if not self._scale_tick and not self._closed:
             self._scale_tick = True
             self.env.timeout(self.autoscale_interval).callbacks.append(self._scale_tick_cb)
 
     def _scale_tick_cb(self, _ev: Any) -> None:
         self._scale_tick = False
-        if self._groups and self.env.peek() != _INF:
-            self._kick()
-
+        if self._closed or self.autoscaler is None:
+            return
+        active = self._busy()
+        if self._groups:
+            self._kick()  # the pass asks the autoscaler, with the unmet demand
+        else:
+            self._autoscale([])  # nothing waits: only idle nodes may go
+        if active:
+            self._arm_scale_tick()

@@ -8,6 +8,7 @@ it waits, so virtual time moves only then. Nothing here imports the API layer.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections import deque
@@ -140,7 +141,7 @@ class Task:
     __slots__ = ("id", "name", "fn", "args", "kwargs", "options", "info", "obj", "state",
                  "node", "attempt", "glet", "token", "lent", "deps_left", "children",
                  "actor", "method", "max_retries", "retry_exceptions", "duration", "init_of",
-                 "holds", "wake")
+                 "holds", "wake", "ctx")
 
     def __init__(self, id: int, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any], options: Any, info: TaskInfo, obj: Obj) -> None:
@@ -168,6 +169,7 @@ class Task:
         self.init_of: Actor | None = None  # set for an actor's constructor task
         self.holds = True  # whether it holds node resources while running
         self.wake: Any = None  # the value a blocked task is resumed with
+        self.ctx = contextvars.copy_context()  # the submitter's context vars, as in asyncio
 
 
 class Actor:
