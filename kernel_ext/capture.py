@@ -11,7 +11,6 @@ This module imports nothing from IPython, so workers can import it cheaply.
 from __future__ import annotations
 
 import ast
-import builtins
 import symtable
 from dataclasses import dataclass, field
 
@@ -177,7 +176,3 @@ def split_last_expression(source: str, filename: str = "<cell>",
         ast.copy_location(last, expr)
     return tree, last
 
-
-def is_builtin(name: str) -> bool:
-    """Whether ``name`` is a Python builtin (those are never shipped)."""
-    return hasattr(builtins, name)

@@ -143,7 +143,8 @@ def run_cell(payload: CellPayload) -> CellResult:
         try:
             out.values[name] = pack(ns[name])
         except Exception as exc:  # noqa: BLE001 - report, keep the others
-            out.skipped[name] = f"{type(ns[name]).__name__}: {type(exc).__name__}: {exc}"
+            out.skipped[name] = (f"{type(ns[name]).__name__} cannot be pickled: "
+                                 f"{type(exc).__name__}: {exc}")
     if value is not None:
         out.has_result = True
         try:

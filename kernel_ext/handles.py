@@ -239,6 +239,9 @@ class RemoteCell:
                     names = ", ".join(self.pulled) or "nothing"
                     msg = f"[%%remote {self.number}] finished in {took:.2f} s; pulled {names}\n"
                     self._relay.write("stdout", msg)
+                    for name, why in self.skipped.items():
+                        self._relay.write("stderr", f"[%%remote {self.number}] {name!r} was "
+                                                    f"not brought back ({why})\n")
                 else:
                     msg = (f"[%%remote {self.number}] {self.state}: "
                            f"{type(value).__name__}: {value} (see .result())\n")

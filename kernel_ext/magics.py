@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import math
 import sys
+import threading
 import traceback
 from typing import Any
 
@@ -21,7 +22,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 import runtime
-from kernel_ext.capture import analyze_cell, is_builtin
+from kernel_ext.capture import analyze_cell
 from kernel_ext.cellrun import CellPayload, pack, run_cell
 from kernel_ext.handles import RemoteCell, _poll_for, clean_error
 from kernel_ext.output import OutputRouter, StreamRelay, current_parent
@@ -372,9 +373,7 @@ class ClusterMagics(Magics):
         filename = f"<remote cell {number}>"
         analysis = self._analyze(cell, filename)
         pushed = _csv(args.push)
-        values = self._ship({n for n in analysis.reads if not (is_builtin(n) and
-                                                                n not in self.shell.user_ns)},
-                            pushed)
+        values = self._ship(set(analysis.reads), pushed)
         pull = tuple(_csv(args.pull)) if args.pull is not None else analysis.writes
         backend = self._backend(auto=True)
         router = self._ensure_router(backend)
@@ -393,10 +392,14 @@ class ClusterMagics(Magics):
                             output_name=args.output if not args.bg else None,
                             background=args.bg)
         if args.bg:
-            self.cells.append(handle)
+            self.cells = [c for c in self.cells if not c.done()] + [handle]
             if args.output:
                 self.shell.user_ns[args.output] = handle
             handle.watch()
+            if args.timeout:
+                timer = threading.Timer(args.timeout, handle.cancel)
+                timer.daemon = True
+                timer.start()
             return handle
         return self._block(handle, args.timeout)
 
@@ -421,8 +424,7 @@ class ClusterMagics(Magics):
         sys.stderr.flush()
         if handle.skipped:
             for name, why in handle.skipped.items():
-                print(f"%%remote: {name!r} was not brought back (cannot be pickled: {why})",
-                      file=sys.stderr)
+                print(f"%%remote: {name!r} was not brought back ({why})", file=sys.stderr)
         if not ok:
             raise value
         return value

@@ -429,7 +429,7 @@ class Simulation:
         self._round_due = False
         st = self.state
         st._now = self.env._now
-        ft = st.free_total
+        room = st.room
         window: list[TaskInfo] = []
         groups: list[_Pending] = []
         exact, cap = self._exact, self.window
@@ -441,9 +441,7 @@ class Simulation:
             if exact:
                 k = len(q) if cap is None else min(cap, len(q))
             else:
-                k = cap
-                for r, a in q[0].request.items():
-                    k = min(k, int(ft.get(r, 0.0) / a + 1e-9))
+                k = room(q[0], cap)
                 if k <= 0:
                     self._block(g)
                     continue

@@ -243,6 +243,18 @@ class SimClusterState:
             out = self._eligible_map[key] = {g: (v, sp) for g, v, sp in self.eligible(task)}
         return out
 
+    def room(self, task: TaskInfo, cap: int) -> int:
+        """How many copies of ``task`` the up nodes could host now (counting stops at ``cap``)."""
+        k = 0
+        for g, vec, _ in self.eligible(task):
+            buckets = g.buckets
+            for _, key in g.fit[vec]:
+                per = min(int(key[i] / a + 1e-9) for i, a in vec) if vec else cap
+                k += per * buckets[key].count
+                if k >= cap:
+                    return cap
+        return k
+
     def fitting(self, task: TaskInfo, order: FitOrder = "id") -> Iterator[NodeInfo]:
         """Up nodes where ``task`` fits now (and runs at speed > 0), in ``order``."""
         if order not in ("id", "tightest", "loosest"):

@@ -27,7 +27,9 @@ def start() -> Iterator[runtime.ClusterHandle]:
     workdir = Path(tempfile.mkdtemp(prefix="nbcluster-dask-"))
     try:
         with dask_cluster(workdir) as c:
-            handle = runtime.init(c.address, **run_options())
+            # the runtime owns this cluster: shutdown() stops its processes, as on
+            # the local backend (connecting to someone else's cluster never does)
+            handle = runtime.init(c.address, cluster=c, shutdown_cluster=True, **run_options())
             try:
                 yield handle
             finally:

@@ -51,6 +51,17 @@ def square(x):
 
 
 @runtime.remote
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@runtime.remote
+def parent_of_nap():
+    return runtime.get(nap.remote(0.5))
+
+
+@runtime.remote
 def use_actor(counter, k):
     return runtime.get(counter.add.remote(k))
 
@@ -128,8 +139,8 @@ def test_blocked_events_are_published(cluster):
     events = []
     unsub = runtime.subscribe(events.append)
     try:
-        ref = fib.remote(3)
-        assert runtime.get(ref, timeout=60) == 2
+        ref = parent_of_nap.remote()
+        assert runtime.get(ref, timeout=60) == 0.5
     finally:
         unsub()
     kinds = [e.kind for e in events if e.task == ref.id]

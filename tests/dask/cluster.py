@@ -158,6 +158,10 @@ class DaskCluster:
             _stop_group(self.scheduler, timeout)
             self.scheduler = None
 
+    def close(self, timeout: float = 20) -> None:
+        """Same as :meth:`stop` (the name dask cluster managers use)."""
+        self.stop(timeout)
+
     def leftover_pids(self) -> list[int]:
         """Pids of processes this cluster started (or their children) that still run."""
         return [p for p in self.pids if psutil.pid_exists(p)

@@ -150,8 +150,8 @@ def test_monitor_widget_updates_live_in_the_browser(lab, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                     args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 800})
             page.goto(lab["url"], wait_until="domcontentloaded")
             page.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=60_000)
             _wait_idle(page)
@@ -174,5 +174,8 @@ def test_monitor_widget_updates_live_in_the_browser(lab, tmp_path):
             page.wait_for_function("""() => [...document.querySelectorAll(
                 '.nbcluster-monitor .nbc-finished')].some(e => /finished 3\\d/.test(e.textContent))""",
                 timeout=60_000)
+        except BaseException:
+            page.screenshot(path=str(tmp_path / "failure.png"))  # for the post-mortem
+            raise
         finally:
             browser.close()

@@ -100,3 +100,21 @@ def test_infeasible_request_fails_fast(ip, capsys):
     assert isinstance(err, runtime.InfeasibleRequestError)
     shown = capsys.readouterr()
     assert "GPU" in shown.out + shown.err and "Traceback" not in shown.out + shown.err
+
+
+def test_unpicklable_assignment_is_reported_not_fatal(ip, capsys):
+    """A name that cannot come back is named on stderr; the others arrive."""
+    res = ip.run_cell("%%remote\nimport threading\nlk_remote = threading.Lock()\nok_remote = 1")
+    assert res.error_in_exec is None and ip.user_ns["ok_remote"] == 1
+    assert "lk_remote" not in ip.user_ns
+    err = capsys.readouterr().err
+    assert "'lk_remote' was not brought back" in err and "lock" in err
+
+
+def test_background_timeout_cancels(ip):
+    """--bg --timeout S cancels the task after S seconds; result() then raises."""
+    ip.run_cell("%%remote --bg --timeout 0.5 -o late_job\nimport time\ntime.sleep(30)")
+    job = ip.user_ns["late_job"]
+    with pytest.raises(runtime.TaskCancelledError):
+        job.result(timeout=20)
+    assert job.state == "cancelled"

@@ -314,3 +314,16 @@ def test_autoscaler_ticks_stop_when_only_stale_timers_are_left(sim):
 
     with pytest.raises((rt.SimDeadlock, rt.InfeasibleRequestError)):
         rt.get(g.remote())
+
+
+def test_scale_by_hand_boots_nodes_and_removes_idle_ones(sim):
+    """backend.scale(type, n) adds booting nodes (up after boot_latency) or removes idle ones."""
+    b = sim(nodes=[{"name": "w", "resources": {"CPU": 1}, "boot_latency": 5}])
+    b.scale("w", 3)
+    assert [n["State"] for n in rt.nodes()] == ["up", "booting", "booting"]
+    rt.sleep(5)
+    assert [n["State"] for n in rt.nodes()] == ["up", "up", "up"]
+    b.scale("w", 1)
+    assert [n["NodeID"] for n in rt.nodes()] == ["w-0"]
+    with pytest.raises(ValueError, match="node_type='nope'"):
+        b.scale("nope", 1)

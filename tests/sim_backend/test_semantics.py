@@ -427,3 +427,69 @@ def test_refs_of_an_earlier_cluster_are_refused(sim):
         f.remote(old)
     with pytest.raises(ValueError, match="another cluster"):
         rt.get([f.remote(2), old])
+
+
+def test_finally_blocks_that_block_again_while_unwinding(sim):
+    """A cancelled body whose finally calls get/sleep keeps unwinding (no hang, no error
+    leaking into cancel), and shutdown copes with a finally that raises."""
+    sim(num_cpus=2)
+    log: list[str] = []
+
+    @rt.remote
+    def leaf() -> int:
+        return 1
+
+    @rt.remote
+    def stubborn() -> None:
+        try:
+            time.sleep(1e6)
+        finally:
+            log.append("finally")
+            rt.get(leaf.remote())
+            log.append("not reached")
+
+    ref = stubborn.remote()
+    rt.sleep(1)
+    assert rt.cancel(ref)
+    assert log == ["finally"]
+
+    @rt.remote
+    def raiser() -> None:
+        try:
+            time.sleep(1e6)
+        finally:
+            raise RuntimeError("in finally")
+
+    raiser.remote()
+    rt.sleep(1)
+    rt.shutdown()
+
+
+def test_in_flight_actor_call_is_retried_with_max_task_retries(sim):
+    """Killed mid-call with max_restarts=1, max_task_retries=1: the interrupted call runs
+    again on the restarted actor; without task retries it raises ActorDiedError."""
+    sim(num_cpus=1)
+
+    @rt.remote(max_restarts=1, max_task_retries=1)
+    class Worker:
+        def __init__(self) -> None:
+            self.started = 0
+
+        def slow(self) -> int:
+            self.started += 1
+            time.sleep(10)
+            return self.started
+
+    w = Worker.remote()
+    ref = w.slow.remote()
+    rt.sleep(1)
+    rt.kill(w, no_restart=False)
+    assert rt.get(ref) == 1  # fresh state after the restart
+    assert rt.now() == 11.0
+
+    v = Worker.options(max_task_retries=0).remote()
+    ref = v.slow.remote()
+    rt.sleep(1)
+    rt.kill(v, no_restart=False)
+    with pytest.raises(rt.ActorDiedError):
+        rt.get(ref)

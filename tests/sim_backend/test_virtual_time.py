@@ -330,3 +330,32 @@ def test_shutdown_fails_pending_refs(sim):
     with pytest.raises(rt.RuntimeShutdownError):
         b.get(refs, None)
     rt.shutdown()  # idempotent
+
+
+def test_watchdog_turns_an_os_lock_hang_into_an_error(sim):
+    """A threading.Lock held across get() hangs the engine thread; with watchdog= the
+    driver gets SimDeadlock naming the stuck task, and shutdown cleans up."""
+    sim(num_cpus=2, watchdog=0.3)
+    lock = threading.Lock()
+
+    @rt.remote(sim_duration=1)
+    def leaf() -> int:
+        return 1
+
+    @rt.remote
+    def holder() -> int:
+        with lock:
+            return rt.get(leaf.remote())
+
+    @rt.remote
+    def taker() -> int:
+        with lock:  # blocks the engine thread for real
+            return 2
+
+    refs = [holder.remote(), taker.remote()]
+    with pytest.raises(rt.SimDeadlock, match=r"watchdog: task 'test_watchdog.*taker'"):
+        rt.get(refs)
+    rt.shutdown()
+    assert not lock.locked()
+    names = [t.name for t in threading.enumerate()]
+    assert "nbcluster-sim-watchdog" not in names

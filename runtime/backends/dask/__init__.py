@@ -26,7 +26,8 @@ def make_backend(address: Any = None, **options: Any) -> DaskBackend:
     autoscaler or ``scale`` may add), ``autoscaler=``, ``policy=``, ``security=``
     (a ``distributed.security.Security`` for TLS), ``timeout=`` (seconds to connect,
     default 10), ``min_workers=`` (wait until that many workers joined, default 0),
-    ``poll_interval=`` and ``autoscale_interval=`` (seconds).
+    ``shutdown_cluster=True`` (``shutdown()`` also closes ``cluster``, default False:
+    connecting never takes ownership), ``poll_interval=`` and ``autoscale_interval=`` (seconds).
     """
     import distributed
 
@@ -42,11 +43,13 @@ def make_backend(address: Any = None, **options: Any) -> DaskBackend:
     security = options.pop("security", None)
     timeout = options.pop("timeout", 10)
     min_workers = options.pop("min_workers", 0)
+    shutdown_cluster = bool(options.pop("shutdown_cluster", False))
     known = {"policy", "autoscaler", "node_types", "poll_interval", "autoscale_interval"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for the dask backend; "
                         f"accepted: address, cluster, security, timeout, min_workers, "
+                        f"shutdown_cluster, "
                         f"{', '.join(sorted(known))}")
     owns_client = True
     if isinstance(address, distributed.Client):
@@ -69,7 +72,10 @@ def make_backend(address: Any = None, **options: Any) -> DaskBackend:
     try:
         if min_workers:
             client.wait_for_workers(min_workers, timeout=timeout)
-        return DaskBackend(client, owns_client=owns_client, cluster=cluster, **options)
+        if shutdown_cluster and cluster is None:
+            raise ValueError("shutdown_cluster=True needs cluster= (or a cluster object as address)")
+        return DaskBackend(client, owns_client=owns_client, cluster=cluster,
+                           owns_cluster=shutdown_cluster, **options)
     except BaseException:
         if owns_client:
             client.close()

@@ -215,6 +215,11 @@ def interrupt_task(task_id: int) -> bool:
     return n == 1
 
 
+def interrupt_tasks(task_ids: list[int]) -> int:
+    """Interrupt each of ``task_ids`` running here; returns how many were."""
+    return sum(interrupt_task(t) for t in task_ids)
+
+
 # ---------------------------------------------------------------------------
 # actors: one instance per (actor id, generation) in this worker process
 # ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import os
 import queue
 import re
 import secrets
@@ -78,8 +79,6 @@ def worker_shape(info: Mapping[str, Any]) -> tuple[str, str, Resources, dict[str
         else:
             res[k] = float(v)
     res.setdefault("CPU", float(info.get("nthreads") or 1))
-    if info.get("memory_limit") and "memory" not in res:
-        res["memory"] = float(info["memory_limit"])
     node_type = re.sub(r"-\d+$", "", node_id) if name is not None else "worker"
     if node_type.isdigit() or "://" in node_type:
         node_type = "worker"
@@ -823,6 +822,11 @@ class DaskBackend(Backend):
         """Set the number of workers of ``node_type`` (needs a dask cluster manager)."""
         self.control.scale(node_type, count)
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of the dask worker processes (each on its own host)."""
+        return sorted(int(p) for p in self.client.run(os.getpid, on_error="ignore").values()
+                      if isinstance(p, int))
+
     # ------------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:
         """Stop threads, fail pending refs with ``RuntimeShutdownError``, close what we own."""
@@ -848,6 +852,9 @@ class DaskBackend(Backend):
         try:
             if futs:
                 self.client.cancel(futs, force=True)
+            if self._running:
+                self.client.run(_remote.interrupt_tasks, sorted(self._running),
+                                on_error="ignore")
         except Exception:  # noqa: BLE001 - scheduler gone
             pass
         self.actors.shutdown()

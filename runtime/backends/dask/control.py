@@ -13,6 +13,7 @@ about unmet demand; its decisions are applied to a dask cluster manager
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import re
@@ -36,6 +37,7 @@ from runtime.events import EventKind
 from runtime.policies import NodeIndex, Place, Preempt, TaskInfo, check_placement
 from runtime.policies import get_policy as _get_policy
 from runtime.policies.base import check_feasible
+from runtime.resources import Resources
 
 if TYPE_CHECKING:
     from runtime.backends.dask.backend import DaskBackend, _Task
@@ -135,6 +137,11 @@ class Control:
     def check_feasible(self, info: TaskInfo) -> None:
         """Raise ``InfeasibleRequestError`` when no worker (nor addable type) fits ``info``."""
         types = [nt.shape() for nt in self.node_types.values()] if self.manager else []
+        if "memory" in info.request and not any(
+                "memory" in t for _, t, _ in [*self.b.node_shapes(), *types]):
+            # workers do not declare memory (dask worker --resources memory=...): not checked
+            req = {k: v for k, v in info.request.items() if k != "memory"}
+            info = dataclasses.replace(info, request=Resources._trusted(req))
         try:
             check_feasible(info, self.b.node_shapes(), types)
         except InfeasibleRequestError:

@@ -481,7 +481,8 @@ class LocalBackend(ObjectsMixin, NestedMixin, ActorsMixin, Backend):
         shapes = self._shapes
         for w in self._workers.values():
             t = w.task
-            if t is None or w.queued is not None or t.lent is not None or w.actor is not None:
+            if t is None or w.queued is not None or w.blocked_req is not None or \
+                    w.actor is not None or t.state != "running":
                 continue
             group = shapes.get(t.shape)
             if not group:
@@ -494,20 +495,26 @@ class LocalBackend(ObjectsMixin, NestedMixin, ActorsMixin, Backend):
             if not shapes:
                 return
 
-    def _task_over(self, w: WorkerProc, t: _Task) -> None:
-        """``t`` ended on ``w``: release it; a task sent ahead takes its slot at once."""
+    def _task_over(self, w: WorkerProc, t: _Task) -> _Task | None:
+        """``t`` ended on ``w``: release it; a task sent ahead takes its slot at once.
+
+        Returns that task: the caller publishes its start after ``t``'s end."""
         self._release(t)
         u = w.queued
         if u is None or w.dead:
             self._idle_worker(w)
-            return
+            return None
         w.queued = None
         self.index.allocate(u.info, w.node)  # fits: the same shape was just released
         u.state = "running"
         u.attempt += 1
         w.task = u
-        self.events.emit(self.now(), K.TASK_STARTED, u.id, w.node, attempt=u.attempt,
-                         name=u.name, pid=w.pid)
+        return u
+
+    def _started_ahead(self, u: _Task | None) -> None:
+        if u is not None:
+            self.events.emit(self.now(), K.TASK_STARTED, u.id, u.node, attempt=u.attempt,
+                             name=u.name, pid=u.worker.pid if u.worker else None)
 
     def _idle_worker(self, w: WorkerProc) -> None:
         w.task = None
@@ -598,7 +605,7 @@ class LocalBackend(ObjectsMixin, NestedMixin, ActorsMixin, Backend):
         if t.actor is not None:
             self._on_call_done(w, t, ok, blob)
             return
-        self._task_over(w, t)
+        u = self._task_over(w, t)
         if t.cancelled:
             self._drop_blob(blob)
             self._cancelled(t)
@@ -617,6 +624,7 @@ class LocalBackend(ObjectsMixin, NestedMixin, ActorsMixin, Backend):
                              error=getattr(err, "cause_type", type(err).__name__),
                              reason="exception")
             self._finish(t, _ERR, blob)
+        self._started_ahead(u)
         self._dirty = True
 
     def _retry_exception(self, t: _Task, blob: Any) -> bool:
@@ -634,8 +642,9 @@ class LocalBackend(ObjectsMixin, NestedMixin, ActorsMixin, Backend):
             self._on_call_done(w, t, False, sys_error_record(
                 TaskCancelledError(t.name, t.id), self._pid))
             return
-        self._task_over(w, t)
+        u = self._task_over(w, t)
         self._cancelled(t)
+        self._started_ahead(u)
         self._dirty = True
 
     def _cancelled(self, t: _Task) -> None:

@@ -87,6 +87,15 @@ class NestedMixin:
             self._send_result(w, req_id, kind, p)
             return
         w.blocked_req = (req_id, kind, p, waiter)
+        u = w.queued
+        if u is not None:  # a task sent ahead must not wait behind a blocked one
+            w.queued = None
+            w.send(("skip", u.id))
+            u.state, u.worker = "waiting", None
+            if u.cancelled:
+                self._cancelled(u)
+            else:
+                self._make_ready(u)
         t = w.task
         if t is not None and t.info is not None:
             cpu = t.info.request.get("CPU", 0.0)

@@ -210,6 +210,8 @@ def _run(chan: Channel, state: _State, tid: int, name: str, call: Any) -> None:
             result = call()
         finally:
             state.running = False
+    except _Skip:
+        return
     except KeyboardInterrupt:
         _flush_streams()
         chan.post(("cancelled", tid))
@@ -233,11 +235,18 @@ def _run(chan: Channel, state: _State, tid: int, name: str, call: Any) -> None:
     chan.post(("done", tid, True, blob))
 
 
+class _Skip(Exception):
+    """The driver took back a task it had sent ahead (its predecessor blocked)."""
+
+
 def _check_cancelled(chan: Channel, tid: int) -> None:
-    """Raise KeyboardInterrupt when a cancel for ``tid`` is already queued."""
+    """Raise KeyboardInterrupt when a cancel for ``tid`` is already queued (``_Skip``
+    when the driver took the task back)."""
     while chan.conn.poll(0):
         chan._recv_one()
     for msg in chan.pending:
+        if msg[0] == "skip" and msg[1] == tid:
+            raise _Skip
         if msg[0] == "cancel" and msg[1] == tid:
             raise KeyboardInterrupt("task cancelled before it started")
 

@@ -19,6 +19,7 @@ import itertools
 import math
 import pickle
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -53,6 +54,9 @@ __all__ = ["SimBackend", "DEFAULT_CPUS"]
 #: (fixed, not ``os.cpu_count()``, so a trace is the same on every machine).
 DEFAULT_CPUS = 4
 
+#: Trace events kept in memory by default (the hash covers them all).
+TRACE_KEEP = 1_000_000
+
 _INF = float("inf")
 E = EventKind
 
@@ -77,20 +81,33 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
         node_types: Sequence[NodeType | Mapping[str, Any]] = (),
         autoscale_interval: float = 1.0,
         check_pickle: bool = True,
-        trace: bool = True,
+        trace: bool | int = True,
         patch_sleep: bool = True,
+        watchdog: float | None = None,
     ) -> None:
         super().__init__()
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed={seed!r}: expected an int or None")
+        if isinstance(trace, bool):
+            keep = TRACE_KEEP if trace else 0
+        elif isinstance(trace, int) and trace > 0:
+            keep = trace
+        else:
+            raise TypeError(f"trace={trace!r}: expected True, False or the number of events "
+                            f"to keep (an int > 0)")
         for key, flag in (("lending", lending), ("check_pickle", check_pickle),
-                          ("trace", trace), ("patch_sleep", patch_sleep)):
+                          ("patch_sleep", patch_sleep)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{key}={flag!r}: expected True or False")
         if (isinstance(autoscale_interval, bool) or not isinstance(autoscale_interval, (int, float))
                 or not autoscale_interval > 0 or math.isinf(autoscale_interval)):
             raise ValueError(f"autoscale_interval={autoscale_interval!r}: expected a finite "
                              f"number of virtual seconds > 0")
+        if watchdog is not None and (isinstance(watchdog, bool)
+                                     or not isinstance(watchdog, (int, float))
+                                     or not watchdog > 0 or math.isinf(watchdog)):
+            raise ValueError(f"watchdog={watchdog!r}: expected None or a number of real "
+                             f"seconds > 0")
         self.seed = seed
         self.lending = lending
         self.check_pickle = check_pickle
@@ -105,7 +122,8 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
                              default_cpus=DEFAULT_CPUS)
         groups = _keep_initial_nodes(nodes, groups)
         self.node_types: dict[str, NodeType] = node_types_by_name(groups, list(node_types))
-        self._trace: list[tuple[Any, ...]] | None = [] if trace else None
+        self._trace: deque[tuple[Any, ...]] | None = deque(maxlen=keep) if keep else None
+        self._trace_hash = hashlib.sha256()
         self._objects: dict[int, Obj] = {}
         self._tasks: dict[int, Task] = {}  # live tasks (not done), by id
         self._groups: dict[tuple[Any, ...], deque[Task]] = {}  # pending, by demand shape
@@ -127,6 +145,7 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
         for g in groups:
             for _ in range(g.count):
                 self._add_node(g.node_type, "up")
+        self._watchdog = core.Watchdog(float(watchdog)) if watchdog is not None else None
         self._patched = patch_sleep
         if patch_sleep:
             core.install_sleep(self)
@@ -136,22 +155,22 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
               **data: Any) -> None:
         t = self.env.now
         if self._trace is not None:
-            self._trace.append((round(t, 9), kind, task, node, tuple(sorted(data.items()))))
+            entry = (round(t, 9), kind, task, node, tuple(sorted(data.items())))
+            self._trace.append(entry)
+            self._trace_hash.update(repr(entry).encode() + b"\n")
         if self.events.has_subscribers:
             self.events.publish(Event(t, kind, task, node, data))
 
     @property
     def trace(self) -> list[tuple[Any, ...]]:
-        """The recorded events: ``(time, kind, task, node, sorted data items)`` tuples."""
-        return list(self._trace or [])
+        """The recorded events, ``(time, kind, task, node, sorted data items)`` tuples (the
+        last ``trace`` of them when ``trace=`` is a number; 1,000,000 by default)."""
+        return list(self._trace or ())
 
     def trace_hash(self) -> str:
-        """sha256 of the recorded event trace: one seed and program -> one hash."""
-        h = hashlib.sha256()
-        for entry in self._trace or []:
-            h.update(repr(entry).encode())
-            h.update(b"\n")
-        return h.hexdigest()
+        """sha256 of the whole event trace so far (every event, even those no longer kept):
+        one program and seed give one hash."""
+        return self._trace_hash.hexdigest()
 
     # ------------------------------------------------------------------ contexts
     def _check_usable(self) -> None:
@@ -321,6 +340,7 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
 
     def _run_engine(self, cond: Callable[[], bool], deadline: float | None) -> bool:
         env = self.env
+        wd = self._watchdog
         self._stepping = True
         self._horizon = deadline
         try:
@@ -332,16 +352,40 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
                     return False
                 if nxt == _INF:
                     raise SimDeadlock(self._deadlock_message())
-                env.step()
+                if wd is None:
+                    env.step()
+                else:
+                    wd.in_step = True
+                    wd.step_started = time.monotonic()
+                    try:
+                        env.step()
+                    finally:
+                        wd.in_step = False
+                        wd.step_started = None
             return True
         except Exception:
             raise
+        except core.WatchdogAlarm as alarm:
+            self._broken = alarm
+            raise SimDeadlock(self._watchdog_message(alarm)) from None
         except BaseException as exc:  # KeyboardInterrupt, SystemExit: the sim is broken
             self._broken = exc
             raise
         finally:
             self._stepping = False
             self._horizon = None
+
+    def _watchdog_message(self, alarm: core.WatchdogAlarm) -> str:
+        assert self._watchdog is not None
+        t = alarm.task
+        who = f"task {t.name!r} (id {t.id})" if t is not None else "the engine"
+        blocked = {x.id: x.name for x in sorted(self._tasks.values(), key=lambda x: x.id)
+                   if x.state in ("blocked", "unblocking")}
+        return (f"watchdog: {who} held the engine thread for more than "
+                f"{self._watchdog.seconds:g} s of real time at t={self.env.now:g}, so the "
+                f"simulation was aborted (call runtime.shutdown() and init() again). A body "
+                f"must not block for real: no OS lock held across get(), no busy loop. "
+                f"Suspended tasks: {blocked}. Where it was:\n{alarm.stack}")
 
     def _deadlock_message(self) -> str:
         live = sorted(self._tasks.values(), key=lambda t: t.id)
@@ -457,6 +501,7 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
         """Virtual sleep: a task keeps its slot; the driver's sleep advances the cluster."""
         t = self._require_driver_or_task("sleep")
         if t is not None:
+            self._check_alive(t)
             t.token += 1
             token = t.token
             self.env.timeout(seconds).callbacks.append(lambda e: self._resume(t, token, None))
@@ -537,6 +582,8 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
             self._reacq.clear()
             self._shutdown_actors()
         finally:
+            if self._watchdog is not None:
+                self._watchdog.close()
             if self._patched:
                 core.uninstall_sleep(self)
 

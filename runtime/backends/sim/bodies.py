@@ -17,6 +17,8 @@ import sys
 import traceback
 from typing import TYPE_CHECKING, Any
 
+from greenlet import GreenletExit
+
 from runtime.backends.sim import core
 from runtime.backends.sim.core import Obj, Task, TaskGreenlet, Waiter
 from runtime.errors import SerializationError, make_task_error
@@ -183,6 +185,12 @@ class BodiesMixin(_Base):
         assert g is not None and g is core.getcurrent()
         return g.parent.switch()
 
+    @staticmethod
+    def _check_alive(t: Task) -> None:
+        """A body being unwound (cancelled, killed) may not block again: keep unwinding."""
+        if t.glet is not core.getcurrent():
+            raise GreenletExit
+
     def _resume(self, t: Task, token: int, value: Any) -> None:
         if t.token != token or t.glet is None:
             return
@@ -194,6 +202,7 @@ class BodiesMixin(_Base):
     def _block(self, t: Task, objs: list[Obj], k: int, timeout: float | None) -> bool:
         """Suspend ``t`` until ``k`` of ``objs`` are done (True) or the timeout passes (False);
         its CPU is lent meanwhile (GPUs and custom resources are kept)."""
+        self._check_alive(t)
         t.token += 1
         token = t.token
 

@@ -9,8 +9,10 @@ it waits, so virtual time moves only then. Nothing here imports the API layer.
 from __future__ import annotations
 
 import contextvars
+import signal
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from runtime.backends.sim.backend import SimBackend
 
 __all__ = ["TaskGreenlet", "Obj", "Task", "Actor", "Waiter", "install_sleep", "uninstall_sleep",
-           "real_sleep", "current_task", "kill_greenlet"]
+           "real_sleep", "current_task", "kill_greenlet", "Watchdog", "WatchdogAlarm"]
 
 #: The real ``time.sleep``, captured at import (before any patching).
 real_sleep = time.sleep
@@ -56,6 +58,8 @@ def kill_greenlet(g: greenlet | None) -> None:
     except GreenletExit:
         pass
     except greenlet.error:  # another thread's greenlet: it is dropped instead
+        pass
+    except Exception:  # noqa: BLE001 - a finally block that raised while unwinding
         pass
 
 
@@ -195,3 +199,63 @@ class Actor:
         self.init_task: Task | None = None
         self.alloc_id: int | None = None  # the task id its resources are held under
         self.reason = ""
+
+
+class WatchdogAlarm(BaseException):
+    """Raised in the engine thread when one engine step ran too long in real time."""
+
+    def __init__(self, task: Task | None, stack: str) -> None:
+        super().__init__("watchdog")
+        self.task = task
+        self.stack = stack
+
+
+class Watchdog:
+    """Turns a hang of the engine thread (an OS lock held across ``get``, a ``while True``
+    body) into an error: a helper thread signals the engine thread (SIGUSR1) when one
+    engine step has run for more than ``seconds`` of real time.
+
+    Needs ``init()`` on the main thread (only it runs Python signal handlers).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            raise ValueError(f"watchdog={seconds!r}: needs runtime.init() on the main thread "
+                             f"(it interrupts the engine with a signal)")
+        self.seconds = seconds
+        self.step_started: float | None = None  # monotonic time the current step began
+        self.in_step = False
+        self._main = threading.main_thread().ident
+        self._stop = threading.Event()
+        self._old = signal.signal(signal.SIGUSR1, self._handler)
+        self._fired = False
+        self._thread = threading.Thread(target=self._run, name="nbcluster-sim-watchdog",
+                                        daemon=True)
+        self._thread.start()
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if not self._fired:
+            return
+        self._fired = False
+        if not self.in_step:  # the step ended meanwhile: nothing hangs
+            return
+        stack = "".join(traceback.format_stack(frame))
+        raise WatchdogAlarm(current_task(), stack)
+
+    def _run(self) -> None:
+        poll = max(self.seconds / 4, 0.01)
+        while not self._stop.wait(poll):
+            began = self.step_started
+            if began is not None and time.monotonic() - began > self.seconds:
+                self.step_started = None
+                self._fired = True
+                assert self._main is not None
+                signal.pthread_kill(self._main, signal.SIGUSR1)
+
+    def close(self) -> None:
+        """Stop the helper thread and restore the previous SIGUSR1 handler."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(5)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGUSR1, self._old)
