@@ -60,6 +60,52 @@ def run_one(nodes: int, n_tasks: int, policy: str = "best_fit") -> dict[str, flo
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def decision_cost(nodes: int, decisions: int = 5_000, policy: str = "best_fit",
+                  fill: float = 0.9, seed: int = 0) -> dict[str, float]:
+    """Microseconds per scheduling decision (policy + validation + allocate + a release)
+    on ``bench_cluster(nodes)`` pre-filled to about ``fill`` of every node."""
+    import random
+
+    from runtime.policies import get_policy
+    from runtime.policies.base import TaskInfo
+    from simulator.state import SimClusterState
+
+    rng = random.Random(seed)
+    cl = bench_cluster(nodes)
+    st = SimClusterState(list(cl.node_specs))
+    tid = 0
+    for spec in cl.node_specs:
+        for i in range(spec.count):
+            n = st.add_node(f"{spec.name}-{i:06d}", spec, "up", 0.0)
+            amount = {k: float(int(v * fill * rng.uniform(0.8, 1.0))) for k, v in
+                      spec.resources.items()}
+            filler = TaskInfo(tid, "filler", Resources(amount))
+            st.allocate(filler, n, n.group.reqvec(filler.request))
+            tid += 1
+    shapes = [Resources({"CPU": 1}), Resources({"CPU": 1, "GPU": 1}),
+              Resources({"CPU": 1, "TPU": 1})]
+    pol = get_policy(policy)
+    running: list[TaskInfo] = []
+    placed = 0
+    clock = time.process_time
+    t0 = clock()
+    for _ in range(decisions):
+        task = TaskInfo(tid, "job", rng.choice(shapes), kind="job")
+        tid += 1
+        for d in pol.schedule([task], st):
+            n = st.sim_node(d.node)
+            st.allocate(task, n, n.group.reqvec(task.request))
+            running.append(task)
+            placed += 1
+        if running and rng.random() < 0.5:
+            done = running.pop(rng.randrange(len(running)))
+            n = st.sim_node(st.placement_of(done.id))  # type: ignore[arg-type]
+            st.release(done.id, n, n.group.reqvec(done.request))
+    dt = clock() - t0
+    return {"nodes": nodes, "policy": policy, "decisions": decisions, "placed": placed,
+            "us_per_decision": 1e6 * dt / decisions}
+
+
 def _table(rows: list[dict[str, float]], cols: list[str]) -> str:
     def fmt(v: object) -> str:
         return f"{v:,.3g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
@@ -82,16 +128,17 @@ def main(argv: list[str] | None = None) -> None:
     n_tasks = args.tasks or (20_000 if args.quick else 1_000_000)
     nodes = args.nodes or (1_000 if args.quick else 10_000)
     cols = ["nodes", "tasks", "run_s", "tasks_per_s", "us_per_round", "rounds", "events",
-            "finished", "util_GPU", "peak_rss_mb"]
+            "finished", "util_GPU", "wait_mean", "peak_rss_mb"]
     print(f"main run: {n_tasks:,} tasks, {nodes:,} nodes, policy {args.policy}, 110% load, "
           f"trace + metrics on")
     print(_table([run_one(nodes, n_tasks, args.policy)], cols))
     if args.skip_scaling:
         return
     sizes = (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000)
-    per = 5_000 if args.quick else 100_000
-    print(f"\ndecision cost vs nodes ({per:,} tasks each, 110% load):")
-    print(_table([run_one(n, per, args.policy) for n in sizes], cols))
+    per = 2_000 if args.quick else 10_000
+    print(f"\ndecision cost vs nodes (cluster ~90% full, {per:,} decisions each):")
+    rows = [decision_cost(n, per, p) for p in ("best_fit", "fifo", "spread") for n in sizes]
+    print(_table(rows, ["policy", "nodes", "decisions", "placed", "us_per_decision"]))
 
 
 if __name__ == "__main__":

@@ -432,6 +432,7 @@ class Simulation:
         room = st.room
         window: list[TaskInfo] = []
         groups: list[_Pending] = []
+        per_group: dict[tuple[Any, ...], int] = {}
         exact, cap = self._exact, self.window
         for key, g in list(self._ready.items()):
             q = g.queue
@@ -445,15 +446,17 @@ class Simulation:
                 if k <= 0:
                     self._block(g)
                     continue
-            window.extend(islice(q, k) if k < len(q) else q)
+            if k < len(q):
+                window.extend(islice(q, k))
+            else:
+                k = len(q)
+                window.extend(q)
+            per_group[key] = k
             groups.append(g)
         if not window:
             return
         if len(groups) > 1:
             window.sort(key=_by_id)
-        per_group = {g.key: 0 for g in groups}
-        for t in window:
-            per_group[(t.request, t.accelerator_type, t.task_kind, t.tenant, t.priority)] += 1
         self.policy_calls += 1
         decisions = list(self.policy.schedule(window, st))
         placed = 0
@@ -468,10 +471,14 @@ class Simulation:
                 else:
                     raise PolicyError(f"policy {self.policy_name!r} returned {d!r}, "
                                       f"expected Place or Preempt decisions")
+        again = False
         for g in groups:
-            if g.queue and per_group[g.key] > 0:
-                self._block(g)  # some of what it was shown stayed pending: wait for capacity
-        if placed and self._ready:
+            if g.queue:
+                if per_group[g.key] > 0:
+                    self._block(g)  # some of what it was shown stayed pending: wait for capacity
+                else:
+                    again = True  # everything shown was placed and more waits
+        if again or (placed and exact):
             self._kick()
 
     def _block(self, g: _Pending) -> None:

@@ -15,16 +15,26 @@ def kernel(tmp_path_factory):
     """One kernel with the extension and a 2-CPU local cluster; no process outlives it."""
     k = Kernel(str(tmp_path_factory.mktemp("kernel")))
     pid = k.km.provisioner.process.pid if k.km.provisioner else None
-    children: list[int] = []
+    children: set[int] = set()
+
+    def record() -> None:
+        try:
+            children.update(p.pid for p in psutil.Process(pid).children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+
     try:
         k.value("%load_ext kernel_ext\n%cluster connect --cpus 2\n1")
-        children = [p.pid for p in psutil.Process(pid).children(recursive=True)] if pid else []
+        record()
         yield k
     finally:
+        record()  # workers started since (replacements after a crash) count too
         k.close()
-    gone, alive = psutil.wait_procs([psutil.Process(c) for c in children
-                                     if psutil.pid_exists(c)], timeout=15)
+    assert pid is not None
+    _gone, alive = psutil.wait_procs([psutil.Process(c) for c in children
+                                      if psutil.pid_exists(c)], timeout=15)
     assert not alive, f"processes left behind: {alive}"
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 def test_stream_result_and_pulled_names(kernel):

@@ -168,6 +168,8 @@ class DaskBackend(Backend):
         self.control = Control(self, policy=policy, autoscaler=autoscaler, node_types=node_types,
                                interval=autoscale_interval)
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._enqueued = 0  # events queued by the client's loop thread
+        self._processed = 0  # events the event thread has taken
         self._refresh_lock = threading.RLock()
         self._key_ids: dict[str, int] = {}
         self.client.subscribe_topic(_remote.TOPIC, self._on_topic)
@@ -464,11 +466,26 @@ class DaskBackend(Backend):
                 with self._cond:
                     self._cond.wait(min(step, 0.05))
 
+    def _sync_events(self, limit: float = 1.0) -> None:
+        """Let the event thread publish what already arrived (so a finished task's
+        start and end events precede the return of ``get``)."""
+        if self.role != "driver" or self._processed >= self._enqueued:
+            return
+        target = self._enqueued
+        deadline = time.monotonic() + limit
+        with self._cond:
+            while self._processed < target and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(min(left, 0.05))
+
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         """Wait for every ref, then gather; raise the first error in ref order."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with _remote.seceded():
             done, futs = self._block_until(refs, len(refs), deadline)
+            self._sync_events()
             if len(done) < len(refs):
                 raise GetTimeoutError(
                     f"get() timed out after {timeout:g} s with {len(refs) - len(done)} of "
@@ -494,6 +511,7 @@ class DaskBackend(Backend):
         deadline = None if timeout is None else time.monotonic() + timeout
         with _remote.seceded():
             done, futs = self._block_until(refs, num_returns, deadline)
+        self._sync_events()
         if self.role == "driver":
             for i in done:
                 f = futs[i]
@@ -632,6 +650,7 @@ class DaskBackend(Backend):
         """Task events from workers (runs in the client's loop: only queue them)."""
         msg = event[1]
         if isinstance(msg, dict):
+            self._enqueued += 1
             self._inbox.put(("task", msg))
 
     def _handle_event(self, msg: dict[str, Any]) -> None:
@@ -746,6 +765,7 @@ class DaskBackend(Backend):
         """Scheduler events (runs in the client's loop: only queue work, never block)."""
         msg = event[1]
         if isinstance(msg, dict) and msg.get("action") in ("add-worker", "remove-worker"):
+            self._enqueued += 1
             self._inbox.put(("all", msg))
 
     def _on_worker_removed(self, msg: dict[str, Any]) -> None:
@@ -777,6 +797,7 @@ class DaskBackend(Backend):
                 item = None
             try:
                 if item is not None:
+                    self._processed += 1
                     source, msg = item
                     if source == "task":
                         self._handle_event(msg)
@@ -784,6 +805,9 @@ class DaskBackend(Backend):
                         if msg.get("action") == "remove-worker":
                             self._on_worker_removed(msg)
                         self.refresh_workers()
+                if item is not None and self._processed >= self._enqueued:
+                    with self._cond:
+                        self._cond.notify_all()
                 if time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + self.poll_interval
                     self.refresh_workers()
