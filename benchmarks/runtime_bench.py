@@ -4,8 +4,8 @@
 startup to first result, no-op round-trip latency (median and p95), throughput
 of no-op tasks, a dependency chain, calls on one actor, a 10 MB numpy array
 reaching a task, and idle memory of the worker processes, for the local backend
-and ``concurrent.futures.ProcessPoolExecutor(2)``, plus Dask's ``LocalCluster``,
-Ray and ipyparallel when they are importable. Nothing is asserted: figures vary
+and ``concurrent.futures.ProcessPoolExecutor(2)``, plus Dask's ``LocalCluster``
+and ipyparallel when they are importable (not with ``--quick``); Ray is noted. Nothing is asserted: figures vary
 with the machine and its load; compare columns of one run only.
 """
 
@@ -192,6 +192,54 @@ def bench_dask(n: dict[str, int]) -> dict[str, float]:
     return out
 
 
+def bench_ipyparallel(n: dict[str, int]) -> dict[str, float]:
+    """The same figures for ipyparallel: a controller and 2 engines on 127.0.0.1."""
+    import ipyparallel as ipp
+    import numpy as np
+
+    out: dict[str, float] = {}
+    t0 = time.perf_counter()
+    cluster = ipp.Cluster(n=2, controller_ip="127.0.0.1", log_level=40)
+    rc = cluster.start_and_connect_sync()
+    try:
+        rc.wait_for_engines(2, timeout=60)
+        view = rc.load_balanced_view()
+        view.apply_sync(noop)
+        out["startup"] = time.perf_counter() - t0
+        k = max(20, n["latency"] // 5)
+        lat = []
+        for _ in range(k):
+            t = time.perf_counter()
+            view.apply_sync(noop)
+            lat.append(time.perf_counter() - t)
+        out["lat_p50"] = statistics.median(lat)
+        out["lat_p95"] = statistics.quantiles(lat, n=20)[18]
+        m = max(200, n["tasks"] // 10)
+        out["throughput"] = m / _timeit(lambda: view.map_sync(noop, range(m)))
+        c = max(50, n["chain"] // 5)
+
+        def chain() -> None:
+            x = 0
+            for _ in range(c):
+                x = view.apply_sync(inc, x)
+
+        out["chain_step"] = _timeit(chain) / c
+        arr = np.ones(10 * 2**20, dtype=np.uint8)
+        out["array"] = statistics.median(
+            [_timeit(lambda: view.apply_sync(nbytes, arr)) for _ in range(n["array"])])
+        out["idle_mb"] = _rss_mb([e["pid"] for e in rc[:].apply_sync(_engine_info)])
+    finally:
+        rc.close()
+        cluster.stop_cluster_sync()
+    return out
+
+
+def _engine_info() -> dict[str, int]:
+    import os as _os
+
+    return {"pid": _os.getpid()}
+
+
 ROWS = [
     ("startup", "startup to first result", "s", "<= 0.5 s"),
     ("lat_p50", "latency, median", "ms", "<= 1.5x PPE"),
@@ -220,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the table (``--quick``: small counts, local and PPE only)."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.runtime_bench",
                                  description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small counts; skip Dask")
+    ap.add_argument("--quick", action="store_true", help="small counts; skip Dask, ipyparallel")
     ap.add_argument("--no-dask", action="store_true", help="skip Dask's LocalCluster")
     args = ap.parse_args(argv)
     n = ({"latency": 100, "tasks": 2000, "chain": 200, "actor": 1000, "array": 3}
@@ -239,11 +287,20 @@ def main(argv: list[str] | None = None) -> None:
             cols["Dask"] = bench_dask(n)
         except Exception as exc:  # noqa: BLE001 - a peer failing must not hide our figures
             notes.append(f"Dask LocalCluster: failed ({exc!r})")
-    for peer, mod in (("Ray", "ray"), ("ipyparallel", "ipyparallel")):
-        if importlib.util.find_spec(mod) is None:
-            notes.append(f"{peer}: not installed (pip install '.[bench]'); skipped")
-        else:
-            notes.append(f"{peer}: installed, but not benchmarked by this harness yet")
+    if importlib.util.find_spec("ray") is None:
+        notes.append("Ray: not installed (pip install '.[bench]'); skipped")
+    else:
+        notes.append("Ray: installed, but not benchmarked by this harness yet")
+    if args.quick:
+        notes.append("ipyparallel: skipped (--quick)")
+    elif importlib.util.find_spec("ipyparallel") is None:
+        notes.append("ipyparallel: not installed (pip install '.[bench]'); skipped")
+    else:
+        try:
+            cols["ipyparallel"] = bench_ipyparallel(n)
+        except Exception as exc:  # noqa: BLE001
+            notes.append(f"ipyparallel: failed ({exc!r})")
+    notes.append("peers with '-' have no such feature here (PPE has no actors) or were not run")
     names = list(cols)
     print(f"runtime benchmark ({'quick' if args.quick else 'full'}; {os.cpu_count()} CPUs; "
           f"counts {n})")

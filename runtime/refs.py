@@ -8,13 +8,14 @@ pickle by id: inside a task they bind to that worker's backend.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from runtime.errors import RuntimeShutdownError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from runtime.backends.base import Backend
 
 __all__ = ["ObjectRef", "ActorHandle", "ActorMethod"]
@@ -123,6 +124,8 @@ class ObjectRef:
 
     def future(self) -> asyncio.Future[Any]:
         """An asyncio future on the running loop that completes with this ref."""
+        import asyncio  # here, not at import: workers and the API stay light
+
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
 

@@ -42,6 +42,14 @@ __all__ = ["Core", "Simulation"]
 _by_id = attrgetter("id")
 
 
+def _preempts(policy: Any) -> bool:
+    """Whether a policy may preempt (it then sees every pending task, every round)."""
+    if getattr(policy, "preemptive", False) is True or getattr(policy, "preempt", False) is True:
+        return True
+    return "preempt" in type(policy).__name__.lower() or \
+        "preempt" in str(getattr(policy, "name", "")).lower()
+
+
 class _Call:
     """A bare scheduled callback, shaped like a simpy event for ``Environment.step``."""
 
@@ -106,10 +114,11 @@ class _Pending:
 class _Run:
     """A running attempt."""
 
-    __slots__ = ("node", "vec", "attempt", "start", "speed")
+    __slots__ = ("node", "vec", "attempt", "start", "speed", "acct")
 
     def __init__(self, node: SimNode, vec: Any, attempt: int, start: float, speed: float) -> None:
         self.node, self.vec, self.attempt, self.start, self.speed = node, vec, attempt, start, speed
+        self.acct = start  # busy time is accounted from here (moves when books close mid-run)
 
 
 class Simulation:
@@ -119,9 +128,10 @@ class Simulation:
     ``window`` bounds how many tasks of each pending group the policy sees per
     round (``None``: every pending task, every round, exact but O(queue) per
     round). ``stall_limit``: with tasks pending and only background clocks left,
-    stop after that many virtual seconds without progress. ``failures`` turns on node failures / spot preemption / availability
-    windows from the cluster's specs. ``events`` is an optional
-    :class:`runtime.events.EventBus` that receives every event live.
+    stop after that many virtual seconds without progress. ``failures`` turns on
+    node failures / spot preemption / availability windows from the cluster's
+    specs. ``events`` is an optional :class:`runtime.events.EventBus` that
+    receives every event live; ``plugins`` are extra plug-ins (``attach(sim)``).
     """
 
     def __init__(self, cluster: ClusterConfig, workload: Workload | Iterable[SimTask], *,
@@ -150,8 +160,7 @@ class Simulation:
         self.window = window
         self.stall_limit = float(stall_limit)
         self._progress_at = 0.0
-        self._exact = window is None or bool(getattr(self.policy, "preemptive", False)) \
-            or "preempt" in self.policy_name
+        self._exact = window is None or _preempts(self.policy)
         self.env = Core()
         self.state = SimClusterState(list(cluster.node_specs))
         self.trace = Trace()
@@ -176,6 +185,7 @@ class Simulation:
         self._first_start: dict[int, float] = {}
         self._run: dict[int, _Run] = {}
         self._done_status: dict[int, int] = {}  # finished tasks whose dependants may still come
+        self._prune_at = 200_000
         self.errors: dict[int, BaseException] = {}
         self._groups: dict[tuple[Any, ...], _Pending] = {}
         self._ready: dict[tuple[Any, ...], _Pending] = {}
@@ -406,8 +416,6 @@ class Simulation:
         if not g.blocked:
             self._ready[key] = g
             self._kick()
-        elif self._exact:
-            self._unblock(g)
 
     def _infeasible(self, info: TaskInfo) -> str | None:
         shapes = [(s.name, s.resources, s.labels) for s in self.cluster.node_specs
@@ -459,7 +467,7 @@ class Simulation:
             window.sort(key=_by_id)
         self.policy_calls += 1
         decisions = list(self.policy.schedule(window, st))
-        placed = 0
+        placed = preempted = 0
         if decisions:
             ids = {t.id: t for t in window}
             for d in decisions:
@@ -468,9 +476,14 @@ class Simulation:
                     placed += 1
                 elif type(d) is Preempt:
                     self._preempt(d)
+                    preempted += 1
                 else:
                     raise PolicyError(f"policy {self.policy_name!r} returned {d!r}, "
                                       f"expected Place or Preempt decisions")
+        if exact:  # every pending task is shown every round: nothing is parked
+            if placed or preempted:
+                self._kick()
+            return
         again = False
         for g in groups:
             if g.queue:
@@ -478,7 +491,7 @@ class Simulation:
                     self._block(g)  # some of what it was shown stayed pending: wait for capacity
                 else:
                     again = True  # everything shown was placed and more waits
-        if again or (placed and exact):
+        if again:
             self._kick()
 
     def _block(self, g: _Pending) -> None:
@@ -502,6 +515,8 @@ class Simulation:
     def _node_up(self, n: SimNode) -> None:
         for g, _ in list(self._blocked_by_type[n.spec.name].values()):
             self._unblock(g)
+        if self._ready:
+            self._kick()
 
     def _place(self, d: Place, ids: dict[int, TaskInfo]) -> tuple[Any, ...]:
         info = ids.pop(d.task, None)
@@ -550,7 +565,7 @@ class Simulation:
     def _stop(self, tid: int) -> _Run:
         run = self._run.pop(tid)
         n = run.node
-        dt = self.env._now - run.start
+        dt = self.env._now - run.acct
         busy = n.group.busy
         for i, a in run.vec:
             busy[i] += a * dt
@@ -640,7 +655,7 @@ class Simulation:
                 else:
                     self._waiting.pop(d, None)
                     self._fail(d, self.errors[tid], f"dependency {tid} failed")
-        if len(self._done_status) > 200_000:
+        if len(self._done_status) > self._prune_at:
             self._prune_done()
         self._check_done()
 
@@ -649,6 +664,7 @@ class Simulation:
         live_deps = {d for t in self._tasks.values() for d in t.deps}
         self._done_status = {k: v for k, v in self._done_status.items()
                              if k in live_deps or v == 0}
+        self._prune_at = max(200_000, 2 * len(self._done_status))
 
     def _check_done(self) -> None:
         if self._feed_done and self.in_system == 0 and not self.done:
@@ -666,5 +682,5 @@ class Simulation:
         for run in self._run.values():
             busy = run.node.group.busy
             for i, a in run.vec:
-                busy[i] += a * (now - run.start)
-            run.start = now
+                busy[i] += a * (now - run.acct)
+            run.acct = now

@@ -48,6 +48,9 @@ class NodeFailures:
         if n.state in ("up", "draining"):
             self.failures += 1
             sim.stop_node_tasks(n, "node failure")
+            if n.draining_to_remove:  # the autoscaler was removing it anyway
+                sim.remove_node(n, "failed while draining")
+                return
             sim.set_node_state(n, "down", "failure")
             sim.env.call_in(n.spec.repair_time, self._repair, n, background=True)
         else:

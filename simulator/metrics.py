@@ -164,10 +164,42 @@ def utilization_series(sim: Simulation, resource: str = "GPU",
         lo = np.clip(edges[:-1], s, e)
         hi = np.clip(edges[1:], s, e)
         used += amt * (hi - lo)
-    cap = 0.0
-    for g in sim.state.groups.values():  # capacity: node-seconds alive in each bin
-        if resource in g.index:
-            cap += g.total[g.index[resource]] * g.uptime
-    width = edges[1] - edges[0]
-    mean_cap = cap / end if cap > 0 else 1.0  # time-averaged capacity (autoscaling changes it)
-    return (edges[:-1] + edges[1:]) / 2, used / (mean_cap * width)
+    cap = np.zeros(bins)
+    for s, e, amt in _alive_intervals(sim, resource, end):
+        lo = np.clip(edges[:-1], s, e)
+        hi = np.clip(edges[1:], s, e)
+        cap += amt * (hi - lo)
+    return (edges[:-1] + edges[1:]) / 2, np.divide(used, cap, out=np.zeros(bins), where=cap > 0)
+
+
+def _alive_intervals(sim: Simulation, resource: str,
+                     end: float) -> list[tuple[float, float, float]]:
+    """``(start, end, amount of resource)`` while each node was up or draining (from the trace)."""
+    import json
+
+    from simulator.trace import K
+
+    tr = sim.trace
+    total: dict[int, float] = {}
+    since: dict[int, float] = {}
+    out = []
+    for i in range(len(tr)):
+        k = tr.kind[i]
+        if k not in (K.NODE_ADDED, K.NODE_STATE, K.NODE_REMOVED):
+            continue
+        n, t = tr.node[i], tr.time[i]
+        data = json.loads(tr.notes[tr.aux[i]])
+        if k == K.NODE_ADDED:
+            total[n] = float(data["total"].get(resource, 0.0))
+            state = data["state"]
+        elif k == K.NODE_STATE:
+            state = data["state"]
+        else:
+            state = "down"
+        alive = state in ("up", "draining")
+        if alive and n not in since:
+            since[n] = t
+        elif not alive and n in since:
+            out.append((since.pop(n), t, total.get(n, 0.0)))
+    out.extend((s, end, total.get(n, 0.0)) for n, s in since.items())
+    return out

@@ -63,7 +63,7 @@ class _Group:
 
     __slots__ = ("spec", "names", "index", "total", "total_res", "accel", "labels", "buckets",
                  "keys", "req_cache", "res_cache", "cost", "nodes", "busy", "uptime", "model_of",
-                 "fit")
+                 "fit", "ver", "first_cache")
 
     def __init__(self, spec: NodeSpec) -> None:
         self.spec = spec
@@ -77,6 +77,8 @@ class _Group:
         self.keys: list[tuple[float, tuple[float, ...]]] = []  # (score, free) of non-empty buckets
         # per request vector: the (score, free) keys of non-empty buckets where it fits, sorted
         self.fit: dict[ReqVec, list[tuple[float, tuple[float, ...]]]] = {}
+        self.ver = 0  # bumped whenever a node enters or leaves a bucket
+        self.first_cache: dict[tuple[ReqVec, str], tuple[int, Any]] = {}
         self.req_cache: dict[Resources, ReqVec | None] = {}
         self.res_cache: dict[tuple[float, ...], Resources] = {}
         self.cost = spec.hourly_cost
@@ -116,6 +118,7 @@ class _Group:
 
     # bucket maintenance -----------------------------------------------------
     def insert(self, node: SimNode) -> None:
+        self.ver += 1
         key = node.free
         b = self.buckets.get(key)
         if b is None:
@@ -132,6 +135,7 @@ class _Group:
             self._compact(b)
 
     def remove(self, node: SimNode) -> None:
+        self.ver += 1
         key = node.free
         b = self.buckets[key]
         b.count -= 1
@@ -248,8 +252,14 @@ class SimClusterState:
         k = 0
         for g, vec, _ in self.eligible(task):
             buckets = g.buckets
-            for _, key in g.fit[vec]:
-                per = min(int(key[i] / a + 1e-9) for i, a in vec) if vec else cap
+            keys = g.fit[vec]
+            for j in range(len(keys) - 1, -1, -1):  # emptiest first: reaches ``cap`` soonest
+                key = keys[j][1]
+                per = cap
+                for i, a in vec:
+                    q = int(key[i] / a + 1e-9)
+                    if q < per:
+                        per = q
                 k += per * buckets[key].count
                 if k >= cap:
                     return cap
@@ -261,28 +271,40 @@ class SimClusterState:
             raise ValueError(f"order={order!r}: expected 'id', 'tightest' or 'loosest'")
         heads = []
         for i, (g, vec, _) in enumerate(self.eligible(task)):
-            it = self._group_iter(g, vec, order)
-            first = next(it, None)
+            ck = (vec, order)
+            c = g.first_cache.get(ck)
+            if c is not None and c[0] == g.ver:
+                first, it = c[1], None  # the group's head is unchanged since last asked
+            else:
+                it = self._group_iter(g, vec, order)
+                first = next(it, None)
+                g.first_cache[ck] = (g.ver, first)
             if first is not None:
-                heads.append((first[0], i, first[1], it))
+                heads.append((first[0], i, first[1], it, g, vec))
         if not heads:
             return
         node = self.node
         if len(heads) == 1:
-            _, _, n, it = heads[0]
+            _, _, n, it, g, vec = heads[0]
             yield node(n.id)
+            if it is None:
+                it = self._group_iter(g, vec, order)
+                next(it, None)
             for _, n in it:
                 yield node(n.id)
             return
         heapq.heapify(heads)
         while heads:
-            _, i, n, it = heads[0]
+            _, i, n, it, g, vec = heads[0]
             yield node(n.id)
+            if it is None:
+                it = self._group_iter(g, vec, order)
+                next(it, None)
             nxt = next(it, None)
             if nxt is None:
                 heapq.heappop(heads)
             else:
-                heapq.heapreplace(heads, (nxt[0], i, nxt[1], it))
+                heapq.heapreplace(heads, (nxt[0], i, nxt[1], it, g, vec))
 
     def _group_iter(self, g: _Group, vec: ReqVec, order: str) -> Iterator[tuple[Any, SimNode]]:
         keys = g.fit[vec]

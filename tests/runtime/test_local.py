@@ -295,3 +295,95 @@ def test_actor_calls_wait_for_their_arguments_in_order(local):
     r2 = a.add.remote("after")
     assert runtime.get(r2, timeout=60) == [0.3, "after"]
     assert runtime.get(r1, timeout=60) == [0.3]
+
+
+def test_autoscaler_adds_a_fitting_node(local):
+    """RELIABILITY 8: with an autoscaler whose node type fits, a node is added and the task runs."""
+    local(num_cpus=1, autoscaler="demand",
+          node_types=[{"name": "qpu", "resources": {"CPU": 1, "QPU": 1}, "max_count": 1}])
+    events = []
+    runtime.subscribe(events.append)
+    assert runtime.get(which_node.options(resources={"QPU": 1}).remote(5), timeout=60) == 5
+    assert "qpu-0" in {n["NodeID"] for n in runtime.nodes()}
+    assert any(e.kind == "scale_decision" and e.data["add"] == {"qpu": 1} for e in events)
+    assert any(e.kind == "node_added" and e.node == "qpu-0" for e in events)
+    with pytest.raises(runtime.InfeasibleRequestError, match="no node type"):
+        which_node.options(resources={"TPU": 1}).remote(1)
+    assert len(runtime.nodes()) == 2  # nothing launched for the infeasible request
+
+
+def test_kill_with_restart_reruns_the_constructor(local):
+    """kill(actor, no_restart=False) restarts it (max_restarts) with fresh state."""
+    local(num_cpus=1)
+
+    @runtime.remote(max_restarts=1)
+    class Box:
+        def __init__(self):
+            self.n = 0
+
+        def bump(self):
+            self.n += 1
+            return self.n, os.getpid()
+
+    b = Box.remote()
+    n1, pid1 = runtime.get(b.bump.remote(), timeout=60)
+    runtime.get(b.bump.remote(), timeout=60)
+    runtime.kill(b, no_restart=False)
+    n2, pid2 = runtime.get(b.bump.remote(), timeout=60)
+    assert (n1, n2) == (1, 1) and pid2 != pid1
+    runtime.kill(b)
+    with pytest.raises(runtime.ActorDiedError):
+        runtime.get(b.bump.remote(), timeout=30)
+
+
+SCRIPT = '''
+import runtime as rt
+
+@rt.remote
+def double(x):
+    return 2 * x
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+@rt.remote
+def move(p):
+    return Point(p.x + 1)
+
+rt.init(num_cpus=1)
+print(rt.get(double.remote(21)), rt.get(move.remote(Point(1))).x)
+rt.shutdown()
+'''
+
+
+def test_functions_and_classes_from_main_travel_by_value(tmp_path):
+    """A script's (or notebook's) __main__ functions and classes work in workers."""
+    import subprocess
+
+    path = tmp_path / "script.py"
+    path.write_text(SCRIPT)
+    out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["42", "2"]
+
+
+def test_cancel_is_recursive(local):
+    """Cancelling a parent also cancels the tasks it submitted."""
+    local(num_cpus=2)
+
+    @runtime.remote
+    def spawner():
+        child = sleeper.remote(600)
+        return runtime.get(child), child
+
+    ref = spawner.remote()
+    backend = runtime.current_backend()
+    _wait_for(lambda: len(backend.log.tasks) >= 2 and backend.log.tasks.get(ref.id) is not None
+              and backend.log.tasks[ref.id].state == "blocked", what="parent blocked")
+    child_id = max(backend.log.tasks)
+    assert runtime.cancel(ref)
+    with pytest.raises(runtime.TaskCancelledError):
+        runtime.get(ref, timeout=30)
+    _wait_for(lambda: backend.log.tasks[child_id].state == "cancelled", what="child cancelled")

@@ -112,3 +112,23 @@ def test_unknown_node_type_raises_policy_error():
     """Asking for a node type that does not exist raises PolicyError naming the autoscaler."""
     with pytest.raises(PolicyError, match=r"'typo'.*'gpux'"):
         Simulation(elastic(), waves()[:2], autoscaler=_Unknown()).run()
+
+
+def test_short_idle_dip_removes_nothing():
+    """A 30 s idle gap (shorter than the demand autoscaler's 60 s idle timeout) removes no node."""
+    cluster = ClusterConfig([NodeSpec("n", cpus=2, count=2, max_count=2)])
+    tasks = [SimTask(0, 0.0, 100.0, {"CPU": 2}), SimTask(1, 0.0, 100.0, {"CPU": 2}),
+             SimTask(2, 130.0, 100.0, {"CPU": 2}), SimTask(3, 130.0, 100.0, {"CPU": 2})]
+    sim = Simulation(cluster, tasks, autoscaler="demand").run()
+    assert sim.scale_downs == 0
+    assert sim.metrics()["makespan"] == pytest.approx(230.0)
+
+
+def test_utilization_series_follows_changing_capacity():
+    """Per-bin GPU utilization never exceeds 1 while nodes come and go, and averages to util_GPU."""
+    from simulator.metrics import utilization_series
+
+    sim = Simulation(elastic(), waves(), autoscaler="demand", seed=1).run()
+    t, u = utilization_series(sim, "GPU", bins=400)
+    assert u.max() <= 1.0 + 1e-9 and u.max() > 0.9
+    assert (u >= 0).all()

@@ -113,3 +113,17 @@ def test_events_replay_into_cluster_log():
     assert live.counts() == replay.counts()
     assert live.counts()["finished"] == sim.metrics()["finished"]
     assert live.events_seen == len(sim.trace)
+
+
+def test_run_in_steps_equals_one_run():
+    """run(until=a) then run() gives the same trace and metrics as a single run()."""
+    one = Simulation(small_cluster(), mixed_jobs(200, 0.3), seed=9).run()
+    two = Simulation(small_cluster(), mixed_jobs(200, 0.3), seed=9)
+    two.run(until=150.0)
+    assert not two.done and two.now == 150.0
+    two.run(until=400.0)
+    two.run()
+    assert two.digest() == one.digest()
+    m1, m2 = one.metrics(), two.metrics()
+    for k in ("jct_mean", "makespan", "util_CPU", "util_GPU", "cost", "wait_mean"):
+        assert m2[k] == pytest.approx(m1[k], rel=1e-9), k

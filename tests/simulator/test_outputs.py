@@ -190,3 +190,19 @@ def test_cli_demo_and_experiment(tmp_path):
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "exp" / "summary.csv").exists()
     assert "[4/4]" in out.stderr
+
+
+@pytest.mark.slow
+def test_grid_on_the_local_backend_leaves_no_workers():
+    """executor='local' runs cells as runtime tasks; results match the serial run; no orphans."""
+    psutil = pytest.importorskip("psutil")
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    rows = run_grid(["qpu"], ["fifo", "spread"], ["none"], [0, 1], executor="local", jobs=2,
+                    progress=False)
+    serial = run_grid(["qpu"], ["fifo", "spread"], ["none"], [0, 1], executor="serial",
+                      progress=False)
+    assert [r["digest"] for r in rows] == [r["digest"] for r in serial]
+    left = {p.pid for p in psutil.Process().children(recursive=True)} - before
+    gone, alive = psutil.wait_procs([psutil.Process(p) for p in left if psutil.pid_exists(p)],
+                                    timeout=10)
+    assert not alive, [p.pid for p in alive]

@@ -122,3 +122,36 @@ def test_speed_zero_nodes_are_not_offered():
     assert sim.metrics()["finished"] == 3
     assert {e.node for e in sim.trace.events() if e.kind == "task_started"} == {"new-000000"}
     assert sim.metrics()["makespan"] == pytest.approx(30.0)
+
+
+def test_priority_policy_preempts_in_simulation():
+    """An urgent task preempts a low-priority one; the victim is requeued and finishes later."""
+    from simulator.cluster import ClusterConfig
+    from simulator.nodes import NodeSpec
+
+    cluster = ClusterConfig([NodeSpec("n", cpus=2, count=1)])
+    tasks = [SimTask(0, 0.0, 100.0, {"CPU": 1}), SimTask(1, 0.0, 100.0, {"CPU": 1}),
+             SimTask(2, 10.0, 5.0, {"CPU": 1}, priority=5, name="urgent")]
+    sim = Simulation(cluster, tasks, policy="priority").run()
+    ev = list(sim.trace.events())
+    urgent_start = next(e.time for e in ev if e.kind == "task_started" and e.task == 2)
+    assert urgent_start == pytest.approx(10.0)
+    assert sum(e.kind == "task_preempted" for e in ev) == 1
+    m = sim.metrics()
+    assert m["finished"] == 3 and m["preemptions"] == 1
+    assert sim.state.sim_node("n-000000").free == (2.0,)
+
+
+def test_bad_preempt_decision_raises():
+    """Preempting a task that is not running raises PolicyError naming the policy."""
+    from runtime.errors import PolicyError
+    from runtime.policies.base import Preempt
+
+    class Wild:
+        name = "wild"
+
+        def schedule(self, pending, cluster):
+            return [Preempt(999)]
+
+    with pytest.raises(PolicyError, match=r"'wild'.*999"):
+        Simulation(small_cluster(), [SimTask(0, 0.0, 1.0, {"CPU": 1})], policy=Wild()).run()

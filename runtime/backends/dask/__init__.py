@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.backends.dask.backend import ACCELERATOR_PREFIX, DaskBackend, task_key, worker_shape
+from runtime.backends.dask.backend import DaskBackend
+from runtime.backends.dask.common import ACCELERATOR_PREFIX, task_key, worker_shape
 
 __all__ = ["make_backend", "DaskBackend", "ACCELERATOR_PREFIX", "task_key", "worker_shape"]
 
@@ -27,7 +28,8 @@ def make_backend(address: Any = None, **options: Any) -> DaskBackend:
     (a ``distributed.security.Security`` for TLS), ``timeout=`` (seconds to connect,
     default 10), ``min_workers=`` (wait until that many workers joined, default 0),
     ``shutdown_cluster=True`` (``shutdown()`` also closes ``cluster``, default False:
-    connecting never takes ownership), ``poll_interval=`` and ``autoscale_interval=`` (seconds).
+    connecting never takes ownership), ``poll_interval=`` and ``autoscale_interval=`` (seconds),
+    ``policy_window=`` (how many of the oldest ready tasks the policy sees per round, 256).
     """
     import distributed
 
@@ -44,7 +46,8 @@ def make_backend(address: Any = None, **options: Any) -> DaskBackend:
     timeout = options.pop("timeout", 10)
     min_workers = options.pop("min_workers", 0)
     shutdown_cluster = bool(options.pop("shutdown_cluster", False))
-    known = {"policy", "autoscaler", "node_types", "poll_interval", "autoscale_interval"}
+    known = {"policy", "autoscaler", "node_types", "poll_interval", "autoscale_interval",
+             "policy_window"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for the dask backend; "

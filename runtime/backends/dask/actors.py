@@ -16,7 +16,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from runtime.backends.dask import _remote
-from runtime.backends.dask.backend import _Task, dask_resources, task_key
+from runtime.backends.dask.common import _Task, dask_resources, task_key
 from runtime.errors import ActorDiedError
 from runtime.events import EventKind
 from runtime.refs import ObjectRef

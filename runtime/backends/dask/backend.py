@@ -18,7 +18,6 @@ import itertools
 import logging
 import os
 import queue
-import re
 import secrets
 import threading
 import time
@@ -31,6 +30,15 @@ from distributed.client import _wait as _dask_wait
 
 from runtime.backends.base import ActorSpec, Backend, TaskSpec
 from runtime.backends.dask import _remote
+from runtime.backends.dask.common import (
+    ACCELERATOR_PREFIX,
+    _Failed,
+    _Task,
+    dask_resources,
+    task_key,
+    worker_shape,
+)
+from runtime.backends.dask.view import ClusterView
 from runtime.errors import (
     ActorDiedError,
     GetTimeoutError,
@@ -42,7 +50,6 @@ from runtime.errors import (
     make_task_error,
 )
 from runtime.events import EventKind
-from runtime.policies.base import ACCELERATOR_LABEL, NodeInfo, TaskInfo
 from runtime.refs import ObjectRef
 from runtime.resources import Resources
 from runtime.serialization import check_call_args
@@ -51,78 +58,13 @@ __all__ = ["DaskBackend", "ACCELERATOR_PREFIX", "task_key", "worker_shape"]
 
 log = logging.getLogger("runtime.backends.dask")
 
-#: A worker resource ``accelerator_type:<model>`` labels the worker with that model.
-ACCELERATOR_PREFIX = "accelerator_type:"
-#: Amount of the accelerator resource a task with ``accelerator_type=`` asks dask for.
-ACCELERATOR_AMOUNT = 0.001
 _CANCELLED = tuple(c for c in (getattr(distributed.client, "FuturesCancelledError", None),
                               getattr(distributed.client, "FutureCancelledError", None))
                    if c is not None)
-_KEY_SAFE = re.compile(r"[^A-Za-z0-9_.<>]+")
 _TRIVIAL = (type(None), bool, int, float, str, bytes, ObjectRef)
 
 
-def task_key(name: str, ref_id: int) -> str:
-    """The dask key of the task or object with this id (derivable on any worker)."""
-    return f"{_KEY_SAFE.sub('_', name) or 'obj'}-{ref_id}"
-
-
-def worker_shape(info: Mapping[str, Any]) -> tuple[str, str, Resources, dict[str, str]]:
-    """``(node id, node type, total resources, labels)`` of a worker from ``scheduler_info``."""
-    name = info.get("name")
-    node_id = str(name) if name is not None else str(info.get("id"))
-    res: dict[str, float] = {}
-    labels: dict[str, str] = {}
-    for k, v in (info.get("resources") or {}).items():
-        if k.startswith(ACCELERATOR_PREFIX):
-            labels[ACCELERATOR_LABEL] = k[len(ACCELERATOR_PREFIX):]
-        else:
-            res[k] = float(v)
-    res.setdefault("CPU", float(info.get("nthreads") or 1))
-    node_type = re.sub(r"-\d+$", "", node_id) if name is not None else "worker"
-    if node_type.isdigit() or "://" in node_type:
-        node_type = "worker"
-    return node_id, node_type, Resources(res, where=f"worker {node_id}"), labels
-
-
-def dask_resources(request: Mapping[str, float], accelerator: str | None) -> dict[str, float]:
-    """The dask ``resources=`` for a request: everything but CPU and memory, plus the label."""
-    out = {k: v for k, v in request.items() if k not in ("CPU", "memory")}
-    if accelerator:
-        out[ACCELERATOR_PREFIX + accelerator] = ACCELERATOR_AMOUNT
-    return out
-
-
-class _Task:
-    """What the driver keeps about one task (or actor call) it submitted."""
-
-    __slots__ = ("id", "name", "fn", "args", "kwargs", "request", "res", "max_retries",
-                 "retry", "info", "attempts", "node", "actor", "keep", "placed", "extra",
-                 "deaths")
-
-    def __init__(self, id: int, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any], request: Resources, res: dict[str, float],
-                 max_retries: int, retry: Any, info: TaskInfo) -> None:
-        self.id = id
-        self.name = name
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
-        self.request = request
-        self.res = res
-        self.max_retries = max_retries
-        self.retry = retry
-        self.info = info
-        self.attempts = 0  # starts seen
-        self.node: str | None = None
-        self.actor: Any = None  # (actor id, generation, seq, method) for actor calls
-        self.keep: list[Any] = []  # futures of nested refs, kept alive while it runs
-        self.placed = True
-        self.extra = 0  # resubmissions after KilledWorker
-        self.deaths = 0  # workers that died while running it
-
-
-class DaskBackend(Backend):
+class DaskBackend(ClusterView, Backend):
     """Runs tasks and actors on a dask.distributed cluster (driver or worker side)."""
 
     kind = "dask"
@@ -130,7 +72,8 @@ class DaskBackend(Backend):
     def __init__(self, client: distributed.Client, *, role: str = "driver",
                  owns_client: bool = False, cluster: Any = None, owns_cluster: bool = False,
                  policy: Any = None, autoscaler: Any = None, node_types: Any = None,
-                 poll_interval: float = 0.5, autoscale_interval: float = 1.0) -> None:
+                 poll_interval: float = 0.5, autoscale_interval: float = 1.0,
+                 policy_window: int = 256) -> None:
         super().__init__()
         self.client = client
         self.role = role
@@ -166,7 +109,7 @@ class DaskBackend(Backend):
 
         self.actors = ActorManager(self)
         self.control = Control(self, policy=policy, autoscaler=autoscaler, node_types=node_types,
-                               interval=autoscale_interval)
+                               interval=autoscale_interval, window=policy_window)
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._enqueued = 0  # events queued by the client's loop thread
         self._processed = 0  # events the event thread has taken
@@ -645,196 +588,6 @@ class DaskBackend(Backend):
         """Seconds since this backend started."""
         return time.monotonic() - self._t0
 
-    # ------------------------------------------------------------------ events and nodes
-    def _on_topic(self, event: tuple[float, Any]) -> None:
-        """Task events from workers (runs in the client's loop: only queue them)."""
-        msg = event[1]
-        if isinstance(msg, dict):
-            self._enqueued += 1
-            self._inbox.put(("task", msg))
-
-    def _handle_event(self, msg: dict[str, Any]) -> None:
-        e, tid, node = msg.get("e"), msg.get("t"), msg.get("w")
-        now = self.now()
-        task = self._tasks.get(tid)
-        if e == "start":
-            req = Resources._trusted(dict(msg.get("r") or {})) if task is None else task.request
-            if task is not None and task.actor is not None:
-                req = Resources()
-            with self._lock:
-                if tid in self._errors:
-                    return
-                if tid in self._running:  # started again: its worker died mid-task
-                    self._release_running(tid)
-                    if task is not None:
-                        self.events.emit(now, EventKind.TASK_RETRIED, tid, node,
-                                         attempt=task.attempts + 1, reason="worker died")
-                self._running[tid] = (node, req)
-                used = self._used.setdefault(node, {})
-                for k, v in req.items():
-                    used[k] = used.get(k, 0.0) + v
-            if task is None:
-                self.events.emit(now, EventKind.TASK_SUBMITTED, tid, None, name=msg.get("n"),
-                                 resources=dict(msg.get("r") or {}))
-                self.events.emit(now, EventKind.TASK_STARTED, tid, node, attempt=1)
-                return
-            task.attempts += 1
-            task.node = node
-            self.events.emit(now, EventKind.TASK_STARTED, tid, node, attempt=task.attempts)
-            if task.max_retries >= 0 and task.attempts > task.max_retries + 1:
-                self._fail(tid, WorkerCrashedError(task.name, tid, task.attempts - 1, node,
-                                                   "its worker died on each attempt"))
-        elif e in ("block", "unblock"):
-            with self._lock:
-                entry = self._running.get(tid)
-                cpu = entry[1].get("CPU", 0.0) if entry is not None else 0.0
-                used = self._used.get(node)
-                if used is not None and cpu:
-                    sign = -1.0 if e == "block" else 1.0
-                    used["CPU"] = max(used.get("CPU", 0.0) + sign * cpu, 0.0)
-            self.events.emit(now, EventKind.TASK_BLOCKED if e == "block"
-                             else EventKind.TASK_UNBLOCKED, tid, node)
-        elif e == "retry":
-            self.events.emit(now, EventKind.TASK_RETRIED, tid, node, attempt=msg.get("n", 1) + 1,
-                             reason=f"raised {msg.get('why')}")
-        elif e in ("end", "fail"):
-            self._release_running(tid)
-            if tid in self._errors:
-                return
-            self._terminal.add(tid)
-            if e == "end":
-                self.events.emit(now, EventKind.TASK_FINISHED, tid, node)
-            else:
-                self.events.emit(now, EventKind.TASK_FAILED, tid, node, error=msg.get("err"))
-
-    def _release_running(self, tid: int) -> None:
-        with self._lock:
-            entry = self._running.pop(tid, None)
-            if entry is not None:
-                used = self._used.get(entry[0])
-                if used is not None:
-                    for k, v in entry[1].items():
-                        used[k] = max(used.get(k, 0.0) - v, 0.0)
-        if entry is not None and self.control is not None:
-            self.control.task_ended(tid)
-
-    def refresh_workers(self) -> None:
-        """Read the workers from the scheduler; publish node added/removed events.
-
-        A worker that restarted under the same name (a nanny restart) has a new
-        address: it is reported as removed, then added.
-        """
-        info = self.client.scheduler_info(n_workers=-1)
-        with self._refresh_lock:
-            seen: dict[str, tuple[str, str, Resources, dict[str, str], str]] = {}
-            addrs: dict[str, str] = {}
-            for addr, w in sorted((info.get("workers") or {}).items()):
-                node_id, node_type, total, labels = worker_shape({**w, "id": addr})
-                state = "draining" if "closing_gracefully" in str(w.get("status", "")) else "up"
-                seen[node_id] = (node_id, node_type, total, labels, state)
-                addrs[node_id] = addr
-            now = self.now()
-            with self._lock:
-                old, old_addrs = self._workers, dict(self._addr_of)
-                self._workers = seen
-                self._addr_of.update(addrs)
-            gone = sorted(n for n in old if n not in seen or addrs[n] != old_addrs.get(n))
-            new = sorted(n for n in seen if n not in old or addrs[n] != old_addrs.get(n))
-            for nid in gone:
-                with self._lock:
-                    lost = sorted(t for t, (n, _) in self._running.items() if n == nid)
-                    for t in lost:
-                        self._release_running(t)
-                    self._used.pop(nid, None)
-                self.events.emit(now, EventKind.NODE_REMOVED, None, nid, reason="worker left")
-                self.control.node_removed(nid, lost)
-                self.actors.node_removed(nid)
-            for nid in new:
-                _, ntype, total, labels, state = seen[nid]
-                self.events.emit(now, EventKind.NODE_ADDED, None, nid, node_type=ntype,
-                                 total=total.to_dict(), labels=dict(labels), state=state)
-                self.control.node_added(nid)
-            for nid in sorted(set(seen) & set(old)):
-                if nid not in new and seen[nid][4] != old[nid][4]:
-                    self.events.emit(now, EventKind.NODE_STATE, None, nid, state=seen[nid][4])
-            with self._lock:
-                for nid in [n for n in self._addr_of if n not in seen]:
-                    del self._addr_of[nid]
-
-    def _on_all(self, event: tuple[float, Any]) -> None:
-        """Scheduler events (runs in the client's loop: only queue work, never block)."""
-        msg = event[1]
-        if isinstance(msg, dict) and msg.get("action") in ("add-worker", "remove-worker"):
-            self._enqueued += 1
-            self._inbox.put(("all", msg))
-
-    def _on_worker_removed(self, msg: dict[str, Any]) -> None:
-        """Count a death against each task the worker was running (dask's 'suspicious')."""
-        addr = msg.get("worker")
-        node = next((n for n, a in self._addr_of.items() if a == addr), addr)
-        if msg.get("expected"):
-            return
-        for key in sorted(map(str, msg.get("processing-tasks") or ())):
-            tid = self._key_ids.get(key)
-            task = self._tasks.get(tid) if tid is not None else None
-            if task is None or tid in self._errors or task.actor is not None:
-                continue
-            task.deaths += 1
-            if task.max_retries >= 0 and task.deaths >= task.max_retries + 1:
-                self._fail(tid, WorkerCrashedError(task.name, tid, task.deaths, node,
-                                                   "its worker died while running it"))
-            else:
-                self.events.emit(self.now(), EventKind.TASK_RETRIED, tid, node,
-                                 attempt=task.deaths + 1, reason="worker died")
-
-    def _event_loop(self) -> None:
-        """One thread handles task events, scheduler events and the periodic poll."""
-        next_poll = time.monotonic() + self.poll_interval
-        while not self._closed:
-            try:
-                item = self._inbox.get(timeout=max(next_poll - time.monotonic(), 0.001))
-            except queue.Empty:
-                item = None
-            try:
-                if item is not None:
-                    self._processed += 1
-                    source, msg = item
-                    if source == "task":
-                        self._handle_event(msg)
-                    else:
-                        if msg.get("action") == "remove-worker":
-                            self._on_worker_removed(msg)
-                        self.refresh_workers()
-                if item is not None and self._processed >= self._enqueued:
-                    with self._cond:
-                        self._cond.notify_all()
-                if time.monotonic() >= next_poll:
-                    next_poll = time.monotonic() + self.poll_interval
-                    self.refresh_workers()
-                    self._collect()
-            except Exception:  # noqa: BLE001 - scheduler gone for a moment
-                if not self._closed:
-                    log.debug("dask backend event loop", exc_info=True)
-
-    def node_shapes(self) -> list[tuple[str, Resources, dict[str, str]]]:
-        """``(node id, total, labels)`` of every worker (for feasibility checks)."""
-        return [(n, t, lb) for n, (_, _, t, lb, _) in sorted(self._workers.items())]
-
-    def nodes(self) -> list[NodeInfo]:
-        """Every worker as a node, in id order; free = total - requests of running tasks."""
-        if self.role != "driver":
-            raise NotImplementedError("nodes() is only available in the driver")
-        out = []
-        with self._lock:
-            for nid in sorted(self._workers):
-                _, ntype, total, labels, state = self._workers[nid]
-                used = self._used.get(nid, {})
-                free = Resources._trusted({k: max(v - used.get(k, 0.0), 0.0)
-                                           for k, v in total.items()})
-                free = free - self.actors.held_on(nid, free)
-                out.append(NodeInfo(nid, ntype, total, free, labels, state))
-        return out
-
     def describe(self) -> dict[str, Any]:
         """Backend, scheduler address, policy and autoscaler names."""
         d: dict[str, Any] = {"backend": "dask", "address": self.client.scheduler.address}
@@ -895,12 +648,3 @@ class DaskBackend(Backend):
             except Exception:  # noqa: BLE001 - already closed
                 pass
         self.log.detach()
-
-
-class _Failed:
-    """Stands in for an argument whose ref already failed (the task must not run)."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from distributed import Future
 
 from runtime.autoscaling import NodeType, ScaleDecision, get_autoscaler
-from runtime.backends.dask.backend import ACCELERATOR_PREFIX
+from runtime.backends.dask.common import ACCELERATOR_PREFIX
 from runtime.cluster_spec import parse_nodes
 from runtime.errors import (
     InfeasibleRequestError,
@@ -105,7 +105,7 @@ class Control:
     """Feasibility checks, the policy placement loop and the autoscaler loop of one backend."""
 
     def __init__(self, backend: DaskBackend, *, policy: Any = None, autoscaler: Any = None,
-                 node_types: Any = None, interval: float = 1.0) -> None:
+                 node_types: Any = None, interval: float = 1.0, window: int = 256) -> None:
         self.b = backend
         self.policy = _get_policy(policy) if policy is not None else None
         self.autoscaler = get_autoscaler(autoscaler) if autoscaler is not None else None
@@ -122,6 +122,8 @@ class Control:
         if self.autoscaler is not None and not self.node_types:
             raise ValueError("autoscaler= needs node_types=[...] (the kinds of worker it may add)")
         self.interval = interval
+        self.window = window
+        self.dirty = False
         self.grace = 0.3  # seconds a task may wait before it counts as unmet demand
         self.index = NodeIndex(clock=backend.now)
         self._pending: dict[int, _Task] = {}
@@ -136,7 +138,8 @@ class Control:
     # feasibility ------------------------------------------------------------
     def check_feasible(self, info: TaskInfo) -> None:
         """Raise ``InfeasibleRequestError`` when no worker (nor addable type) fits ``info``."""
-        types = [nt.shape() for nt in self.node_types.values()] if self.manager else []
+        # declared node types count: a cluster manager, or a person, can add such a worker
+        types = [nt.shape() for nt in self.node_types.values()]
         if "memory" in info.request and not any(
                 "memory" in t for _, t, _ in [*self.b.node_shapes(), *types]):
             # workers do not declare memory (dask worker --resources memory=...): not checked
@@ -213,11 +216,20 @@ class Control:
             self._unplaced_since.pop(task_id, None)
 
     def task_ended(self, task_id: int) -> None:
-        """A task finished or failed: give its resources back to the index."""
+        """A task finished or failed: give its resources back to the index.
+
+        The backend's event thread calls :meth:`place_if_dirty` once it has drained
+        its queue, so a burst of ends makes one placement round, without a thread hop.
+        """
         if self.policy is not None:
             with self._lock:
-                self.index.release(task_id)
-            self._poke()
+                if self.index.release(task_id) is not None:
+                    self.dirty = True
+
+    def place_if_dirty(self) -> None:
+        """Run a placement round when resources were freed since the last one."""
+        if self.dirty and self.policy is not None:
+            self._place()
 
     def node_added(self, node_id: str) -> None:
         """A worker joined."""
@@ -281,9 +293,15 @@ class Control:
 
     def _place(self) -> None:
         with self._lock:
+            self.dirty = False
             if not self._pending:
                 return
-            ready = [t for t in list(self._pending.values()) if self._ready(t)]
+            ready = []
+            for t in list(self._pending.values()):
+                if self._ready(t):
+                    ready.append(t)
+                    if len(ready) >= self.window:
+                        break
             if not ready:
                 return
             infos = [t.info for t in ready]

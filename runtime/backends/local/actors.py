@@ -249,7 +249,7 @@ class ActorsMixin:
             return
         running = list(a.inflight)
         a.inflight.clear()
-        if running and a.state == "alive":
+        if running and a.state in ("alive", "restarting"):
             head = running.pop(0)
             if not a.no_restart and (head.max_retries == -1 or head.attempt <= head.max_retries):
                 running.insert(0, head)
@@ -305,6 +305,8 @@ class ActorsMixin:
             a.no_restart = True
         if a.worker is not None:
             a.worker.kill()
+            if not no_restart and a.state == "alive":
+                a.state = "restarting"  # later calls wait for the new process
         elif no_restart:
             t = a.task
             if t.state in ("waiting", "ready"):

@@ -21,7 +21,6 @@ import signal
 import sys
 import threading
 import time
-from multiprocessing.connection import wait as mp_wait
 from typing import Any
 
 import cloudpickle
@@ -34,14 +33,14 @@ from runtime.backends.local.actors import ActorsMixin
 from runtime.backends.local.nested import NestedMixin
 from runtime.backends.local.objects import _ERR, _OK, _PENDING, ObjectsMixin, _Obj
 from runtime.backends.local.pool import WorkerProc, spawn_worker
-from runtime.backends.local.protocol import error_from_record, loads, sys_error_record
+from runtime.backends.local.protocol import error_from_record, sys_error_record
+from runtime.backends.local.reader import ReaderMixin
+from runtime.backends.local.scaling import ScalingMixin
 from runtime.cluster_spec import node_types_by_name, parse_nodes
 from runtime.errors import (
     ObjectLostError,
     PolicyError,
     RuntimeShutdownError,
-    TaskCancelledError,
-    WorkerCrashedError,
 )
 from runtime.events import EventKind as K
 from runtime.policies import FirstFit, NodeIndex, Place, Preempt, get_policy
@@ -83,7 +82,7 @@ class _Task:
         self.shape: Any = None
 
 
-class LocalBackend(ObjectsMixin, NestedMixin, ActorsMixin, Backend):
+class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingMixin, Backend):
     """Worker processes on this machine, one or several virtual nodes, no server."""
 
     kind = "local"
@@ -109,7 +108,6 @@ class LocalBackend(ObjectsMixin, NestedMixin, ActorsMixin, Backend):
         self._unblock: collections.deque[_Task] = collections.deque()
         self._idle: dict[str, list[WorkerProc]] = {}
         self._workers: dict[Any, WorkerProc] = {}  # by connection
-        self._conn_list: list[Any] = []
         self._fn_by_obj: dict[int, tuple[Any, int, bytes]] = {}
         self._fn_bytes: dict[int, bytes] = {}
         self._fn_by_bytes: dict[bytes, int] = {}
@@ -119,10 +117,12 @@ class LocalBackend(ObjectsMixin, NestedMixin, ActorsMixin, Backend):
         self._node_seq: dict[str, int] = {}
         self._segments: set[str] = set()
         self._no_room: dict[Any, int] = {}
+        self._children: dict[int, list[int]] = {}  # nested submits, by parent task id
         self._dirty = False  # the reader schedules once per wake-up when set
         #: Internal errors the reader thread survived (for debugging; should stay empty).
         self.errors: list[BaseException] = []
         self._init_actors()
+        self._init_scaling()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         for g in groups:
@@ -152,8 +152,8 @@ class LocalBackend(ObjectsMixin, NestedMixin, ActorsMixin, Backend):
 
     def _spawn(self, nid: str) -> WorkerProc:
         w = spawn_worker(nid, self._t0)
+        w.on_backlog = self._wake
         self._workers[w.conn] = w
-        self._conn_list = [*self._workers]
         self._wake()
         return w
 
@@ -358,6 +358,8 @@ class LocalBackend(ObjectsMixin, NestedMixin, ActorsMixin, Backend):
     def _schedule(self) -> None:
         """Serve lenders waiting to unblock, then let the policy place ready tasks."""
         self._schedule_pass()
+        if self._scaling and self._shapes:
+            self._maybe_autoscale()
         if self._prefetch and self._shapes and not self._unblock and not self._closed:
             self._fill_prefetch()
 
@@ -528,179 +530,16 @@ class LocalBackend(ObjectsMixin, NestedMixin, ActorsMixin, Backend):
             return
         idle.append(w)
 
-    # ----------------------------------------------------------- reader thread
-    def _read_loop(self) -> None:
-        wake = self._wake_r
-        while not self._closed:
-            conns = self._conn_list
-            try:
-                ready = mp_wait([*conns, wake])
-            except (OSError, ValueError):
-                time.sleep(0.001)
-                continue
-            for c in ready:
-                if c == wake:
-                    try:
-                        os.read(wake, 4096)
-                    except OSError:
-                        pass
-                    continue
-                w = self._workers.get(c)
-                if w is None:
-                    continue
-                msgs = []
-                dead = False
-                try:
-                    msgs.append(c.recv_bytes())
-                    n = 1
-                    while n < 256 and c.poll(0):
-                        msgs.append(c.recv_bytes())
-                        n += 1
-                except (EOFError, OSError):
-                    dead = True
-                with self._lock:
-                    if self._closed:
-                        return
-                    self._drain_refcounts()
-                    for raw in msgs:
-                        m = loads(raw)
-                        for sub in (m[1] if m[0] == "batch" else (m,)):
-                            try:
-                                self._handle(w, sub)
-                            except Exception as exc:  # noqa: BLE001 - keep serving the rest
-                                self.errors.append(exc)
-                    if dead:
-                        self._on_death(w, "its process exited")
-                    if self._dirty:
-                        self._dirty = False
-                        self._schedule()
-
-    def _handle(self, w: WorkerProc, m: Any) -> None:
-        kind = m[0]
-        if kind == "done":
-            self._on_done(w, m[1], m[2], m[3])
-        elif kind == "out":
-            try:
-                self.on_output(m[1], m[2], m[3])
-            except Exception:  # noqa: BLE001 - output must never break the runtime
-                pass
-        elif kind == "req":
-            self._on_request(w, m[1], m[2], m[3])
-        elif kind == "abandon":
-            self._on_abandon(w, m[1])
-        elif kind == "cancelled":
-            t = self._tasks.get(m[1])
-            if t is not None:
-                self._on_cancelled(w, t)
-        elif kind == "actor_ready":
-            self._on_actor_ready(w, m[1], m[2], m[3])
-        elif kind == "hello":
-            w.ready = True
-
-    def _on_done(self, w: WorkerProc, tid: int, ok: bool, blob: Any) -> None:
-        t = self._tasks.get(tid)
-        if t is None or t.state == "done":
-            self._drop_blob(blob)
-            return
-        if t.actor is not None:
-            self._on_call_done(w, t, ok, blob)
-            return
-        u = self._task_over(w, t)
-        if t.cancelled:
-            self._drop_blob(blob)
-            self._cancelled(t)
-        elif ok:
-            self.events.emit(self.now(), K.TASK_FINISHED, tid, t.node, name=t.name)
-            self._finish(t, _OK, blob)
-        elif self._retry_exception(t, blob):
-            self._drop_blob(blob)
-            self.events.emit(self.now(), K.TASK_RETRIED, tid, t.node, attempt=t.attempt,
-                             reason="exception")
-            t.state = "waiting"
-            self._make_ready(t)
-        else:
-            err = error_from_record(blob)
-            self.events.emit(self.now(), K.TASK_FAILED, tid, t.node, name=t.name,
-                             error=getattr(err, "cause_type", type(err).__name__),
-                             reason="exception")
-            self._finish(t, _ERR, blob)
-        self._started_ahead(u)
-        self._dirty = True
-
-    def _retry_exception(self, t: _Task, blob: Any) -> bool:
-        rex = t.retry_exceptions
-        if not rex or not (t.max_retries == -1 or t.attempt <= t.max_retries):
-            return False
-        err = error_from_record(blob)
-        cause = getattr(err, "cause", None)
-        if cause is None:
-            return False
-        return rex is True or isinstance(cause, tuple(rex))
-
-    def _on_cancelled(self, w: WorkerProc, t: _Task) -> None:
-        if t.actor is not None:
-            self._on_call_done(w, t, False, sys_error_record(
-                TaskCancelledError(t.name, t.id), self._pid))
-            return
-        u = self._task_over(w, t)
-        self._cancelled(t)
-        self._started_ahead(u)
-        self._dirty = True
-
-    def _cancelled(self, t: _Task) -> None:
-        self.events.emit(self.now(), K.TASK_CANCELLED, t.id, t.node, name=t.name)
-        self._finish(t, _ERR, sys_error_record(TaskCancelledError(t.name, t.id), self._pid))
-
-    def _on_death(self, w: WorkerProc, why: str) -> None:
-        if w.dead:
-            return
-        w.dead = True
-        self._workers.pop(w.conn, None)
-        self._conn_list = [*self._workers]
-        threading.Thread(target=w.reap, daemon=True).start()
-        if self._closed:
-            return
-        self.events.emit(self.now(), K.WORKER_DIED, None, w.node, pid=w.pid, reason=why)
-        idle = self._idle.get(w.node)
-        if idle is not None and w in idle:
-            idle.remove(w)
-        if w.actor is not None:
-            self._on_actor_death(w, why)
-            self._schedule()
-            return
-        u, w.queued = w.queued, None
-        if u is not None and u.state == "queued":  # sent ahead, never started: ready again
-            u.state, u.worker = "waiting", None
-            if u.cancelled:
-                self._cancelled(u)
-            else:
-                self._make_ready(u)
-        t, w.task = w.task, None
-        if t is not None and t.state == "running":
-            if t in self._unblock:
-                self._unblock.remove(t)
-            self._release(t)
-            if t.cancelled:
-                self._cancelled(t)
-            elif t.max_retries == -1 or t.attempt <= t.max_retries:
-                self.events.emit(self.now(), K.TASK_RETRIED, t.id, t.node, attempt=t.attempt,
-                                 reason=f"worker {w.label} died")
-                t.state, t.worker = "waiting", None
-                self._make_ready(t)
-            else:
-                self.events.emit(self.now(), K.TASK_FAILED, t.id, t.node, name=t.name,
-                                 error="WorkerCrashedError", reason=f"worker {w.label} died")
-                self._finish(t, _ERR, sys_error_record(WorkerCrashedError(
-                    t.name, t.id, t.attempt, w.label, why), self._pid))
-        self._schedule()
-
     # ---------------------------------------------------------------- cancel
     def cancel(self, ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> bool:
         """Pending: never runs. Running: SIGINT (``force``: SIGKILL the worker)."""
         with self._lock:
-            return self._cancel_locked(ref.id, force)
+            return self._cancel_locked(ref.id, force, recursive)
 
-    def _cancel_locked(self, tid: int, force: bool) -> bool:
+    def _cancel_locked(self, tid: int, force: bool, recursive: bool = True) -> bool:
+        if recursive:  # the tasks it submitted first (Ray's recursive cancel)
+            for child in self._children.pop(tid, ()):
+                self._cancel_locked(child, force, True)
         t = self._tasks.get(tid)
         if t is None or t.state == "done":
             return False
@@ -757,7 +596,6 @@ class LocalBackend(ObjectsMixin, NestedMixin, ActorsMixin, Backend):
                 _refs._pickle_hook = None
             workers = list(self._workers.values())
             self._workers.clear()
-            self._conn_list = []
             err = RuntimeShutdownError("the local cluster was shut down while this was pending")
             for tid in list(self._tasks):
                 self._fail(tid, err)

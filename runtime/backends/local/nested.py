@@ -39,6 +39,9 @@ class NestedMixin:
                 return
             if kind == "submit":
                 out: Any = self._submit_remote(*p)
+                parent = w.task if w.task is not None else None
+                if parent is not None:  # for recursive cancel
+                    self._children.setdefault(parent.id, []).append(out[0])
             elif kind == "put":
                 out = self.next_id()
                 o = self._objs[out] = _Obj()
@@ -47,7 +50,7 @@ class NestedMixin:
                 o = self._objs.get(p)
                 out = o is None or o.state != _PENDING
             elif kind == "cancel":
-                out = self._cancel_locked(p[0], p[1])
+                out = self._cancel_locked(p[0], p[1], True)
             elif kind == "create_actor":
                 out = self._create_actor_remote(*p)
             elif kind == "call_actor":

@@ -106,6 +106,7 @@ class ObjectsMixin:
         """Settle an object (under the lock): wake waiters, run callbacks, release dependents."""
         o = self._objs.get(oid)
         self._tasks.pop(oid, None)
+        self._children.pop(oid, None)
         if o is None or o.state != _PENDING:
             self._drop_blob(blob)
             return
@@ -150,6 +151,9 @@ class ObjectsMixin:
         if o is None:
             raise ObjectLostError(f"object {oid} is not known to this cluster (freed, or from "
                                   f"another runtime session)")
+        if self._closed:
+            raise RuntimeShutdownError(f"object {oid} is gone: the local cluster was shut "
+                                       f"down (call runtime.init() again)")
         if o.state == _OK:
             return store.deserialize(o.blob)
         raise error_from_record(o.blob)

@@ -9,11 +9,14 @@ modules a notebook can import, workers can import too.
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -24,18 +27,25 @@ __all__ = ["WorkerProc", "spawn_worker"]
 
 _BOOT = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import sys; "
          "from runtime.backends.local.worker import main; main(int(sys.argv[1]))")
+_HEADER = struct.Struct("!i")  # multiprocessing.connection's frame header
 _RUNTIME_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(runtime.__file__)))
 
 
 class WorkerProc:
     """The driver's record of one worker process."""
 
-    __slots__ = ("proc", "conn", "pid", "node", "task", "actor", "fns", "dead", "label",
-                 "blocked_req", "idle_since", "ready", "queued")
+    __slots__ = ("proc", "conn", "sock", "pid", "node", "task", "actor", "fns", "dead", "label",
+                 "blocked_req", "idle_since", "ready", "queued", "outbuf", "out_lock",
+                 "on_backlog")
 
-    def __init__(self, proc: subprocess.Popen[bytes], conn: Connection, node: str) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], conn: Connection, sock: socket.socket,
+                 node: str) -> None:
         self.proc = proc
-        self.conn = conn
+        self.conn = conn  # reading (the reader thread only)
+        self.sock = sock  # writing, never blocking: what does not fit waits in outbuf
+        self.outbuf: collections.deque[memoryview] = collections.deque()
+        self.out_lock = threading.Lock()
+        self.on_backlog: Any = None  # called when outbuf becomes non-empty
         self.pid = proc.pid
         self.node = node
         self.task: Any = None  # the running _Task (plain workers)
@@ -49,12 +59,49 @@ class WorkerProc:
         self.queued: Any = None  # a _Task sent ahead, to start when ``task`` ends
 
     def send(self, msg: Any) -> bool:
-        """Send one message; False when the worker is gone."""
-        try:
-            self.conn.send_bytes(dumps(msg))
-            return True
-        except (OSError, ValueError):
-            return False
+        """Send one message without ever blocking; False when the worker is gone.
+
+        What the socket cannot take now waits in ``outbuf`` (in order) and the
+        reader thread writes it when the socket is writable, so a driver thread
+        never blocks on a worker that is itself blocked writing to the driver.
+        """
+        data = dumps(msg)
+        frame = memoryview(_HEADER.pack(len(data)) + data)
+        with self.out_lock:
+            if self.outbuf:
+                self.outbuf.append(frame)
+                return not self.dead
+            try:
+                n = self.sock.send(frame, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                return False
+            if n < len(frame):
+                self.outbuf.append(frame[n:])
+                hook = self.on_backlog
+                if hook is not None:
+                    hook()
+        return True
+
+    def flush_out(self) -> bool:
+        """Write what the socket takes of ``outbuf``; False when the worker is gone."""
+        with self.out_lock:
+            buf = self.outbuf
+            while buf:
+                frame = buf[0]
+                try:
+                    n = self.sock.send(frame, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    return True
+                except OSError:
+                    buf.clear()
+                    return False
+                if n < len(frame):
+                    buf[0] = frame[n:]
+                    return True
+                buf.popleft()
+        return True
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the process (no error when it is already gone)."""
@@ -73,10 +120,11 @@ class WorkerProc:
                 self.proc.wait(2.0)
             except subprocess.TimeoutExpired:
                 pass
-        try:
-            self.conn.close()
-        except OSError:
-            pass
+        for c in (self.conn, self.sock):
+            try:
+                c.close()
+            except OSError:
+                pass
 
     def __repr__(self) -> str:
         return f"WorkerProc({self.label})"
@@ -96,7 +144,7 @@ def spawn_worker(node: str, t0: float) -> WorkerProc:
         )
     finally:
         child.close()
-    conn = Connection(parent.detach())
-    w = WorkerProc(proc, conn, node)
+    conn = Connection(os.dup(parent.fileno()))
+    w = WorkerProc(proc, conn, parent, node)
     w.send(("init", os.getpid(), list(sys.path), os.getcwd(), node, t0, os.getpid()))
     return w

@@ -46,6 +46,8 @@ def serialize(value: Any, owner_pid: int) -> Blob:
     buffers: list[pickle.PickleBuffer] = []
     try:  # plain pickle is several times faster; cloudpickle for what it cannot do
         data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        if b"__main__" in data:  # by reference to the notebook/script: must go by value
+            raise pickle.PicklingError("refers to __main__")
     except Exception:  # noqa: BLE001 - lambdas, __main__ classes, closures...
         buffers.clear()
         data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)

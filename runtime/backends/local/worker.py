@@ -38,14 +38,33 @@ class Channel:
         self.outbox: list[Any] = []
         self.pending: collections.deque[Any] = collections.deque()
         self.send_lock = threading.Lock()
+        self._queued = threading.Condition(self.send_lock)
         self.req_lock = threading.RLock()
         self._req_ids = iter(range(1, 1 << 62))
 
+    def start_flusher(self, delay: float = 0.0005) -> None:
+        """Send posted messages at most ``delay`` s late even while a long task runs
+        (posted results ride in batches while calls keep arriving)."""
+        def loop() -> None:
+            while True:
+                with self._queued:
+                    while not self.outbox:
+                        self._queued.wait()
+                time.sleep(delay)
+                try:
+                    self.flush()
+                except OSError:
+                    return
+
+        threading.Thread(target=loop, name="nbcluster-flusher", daemon=True).start()
+
     def post(self, msg: Any) -> None:
-        """Queue a message; it goes out at the next :meth:`flush`."""
+        """Queue a message; it goes out in a batch soon (see :meth:`start_flusher`)."""
         with self.send_lock:
             self.outbox.append(msg)
-            if len(self.outbox) >= 64:
+            if len(self.outbox) == 1:
+                self._queued.notify()
+            elif len(self.outbox) >= 64:
                 self._flush_locked()
 
     def send(self, msg: Any) -> None:
@@ -204,8 +223,6 @@ def _run(chan: Channel, state: _State, tid: int, name: str, call: Any) -> None:
     try:
         state.running = True  # from here on a SIGINT interrupts this task
         try:
-            if chan.outbox:  # never hold a finished result back behind this task
-                chan.flush()
             _check_cancelled(chan, tid)
             result = call()
         finally:
@@ -329,6 +346,7 @@ def main(fd: int) -> None:
     api._set_backend(ClientBackend(chan, state, t0))
     sys.stdout = _Output(chan, "stdout", state)  # type: ignore[assignment]
     sys.stderr = _Output(chan, "stderr", state)  # type: ignore[assignment]
+    chan.start_flusher()
     chan.send(("hello", os.getpid()))
     try:
         while True:
