@@ -4,8 +4,8 @@
 startup to first result, no-op round-trip latency (median and p95), throughput
 of no-op tasks, a dependency chain, calls on one actor, a 10 MB numpy array
 reaching a task, and idle memory of the worker processes, for the local backend
-and ``concurrent.futures.ProcessPoolExecutor(2)``, plus Dask's ``LocalCluster``
-and ipyparallel when they are importable (not with ``--quick``); Ray is noted. Nothing is asserted: figures vary
+and ``concurrent.futures.ProcessPoolExecutor(2)``, plus Dask's ``LocalCluster``,
+Ray and ipyparallel when they are importable (not with ``--quick``). Nothing is asserted: figures vary
 with the machine and its load; compare columns of one run only.
 """
 
@@ -192,6 +192,56 @@ def bench_dask(n: dict[str, int]) -> dict[str, float]:
     return out
 
 
+def bench_ray(n: dict[str, int]) -> dict[str, float]:
+    """The same figures for Ray (``ray.init(num_cpus=2)``, local, no dashboard)."""
+    import numpy as np
+    import psutil
+    import ray
+
+    out: dict[str, float] = {}
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, _node_ip_address="127.0.0.1")
+    try:
+        f = ray.remote(noop)
+        ray.get(f.remote())
+        out["startup"] = time.perf_counter() - t0
+        lat = []
+        for _ in range(n["latency"]):
+            t = time.perf_counter()
+            ray.get(f.remote())
+            lat.append(time.perf_counter() - t)
+        out["lat_p50"] = statistics.median(lat)
+        out["lat_p95"] = statistics.quantiles(lat, n=20)[18]
+        out["throughput"] = n["tasks"] / _timeit(lambda: ray.get([f.remote() for _ in
+                                                                   range(n["tasks"])]))
+        g = ray.remote(inc)
+
+        def chain() -> None:
+            r = g.remote(0)
+            for _ in range(n["chain"] - 1):
+                r = g.remote(r)
+            assert ray.get(r) == n["chain"]
+
+        out["chain_step"] = _timeit(chain) / n["chain"]
+        c = ray.remote(Counter).remote()
+        ray.get(c.add.remote())
+        out["actor"] = n["actor"] / _timeit(lambda: ray.get([c.add.remote()
+                                                             for _ in range(n["actor"])]))
+        arr = np.ones(10 * 2**20, dtype=np.uint8)
+        h = ray.remote(nbytes)
+        out["array"] = statistics.median(
+            [_timeit(lambda: ray.get(h.remote(ray.put(arr)))) for _ in range(n["array"])])
+        ray.kill(c)
+        time.sleep(0.5)
+        now = {p.pid for p in psutil.Process().children(recursive=True)}
+        out["idle_mb"] = _rss_mb(sorted(now - before))
+    finally:
+        ray.shutdown()
+    return out
+
+
 def bench_ipyparallel(n: dict[str, int]) -> dict[str, float]:
     """The same figures for ipyparallel: a controller and 2 engines on 127.0.0.1."""
     import ipyparallel as ipp
@@ -268,7 +318,8 @@ def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the table (``--quick``: small counts, local and PPE only)."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.runtime_bench",
                                  description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small counts; skip Dask, ipyparallel")
+    ap.add_argument("--quick", action="store_true",
+                    help="small counts; local and PPE only (skip Dask, Ray, ipyparallel)")
     ap.add_argument("--no-dask", action="store_true", help="skip Dask's LocalCluster")
     args = ap.parse_args(argv)
     n = ({"latency": 100, "tasks": 2000, "chain": 200, "actor": 1000, "array": 3}
@@ -287,10 +338,15 @@ def main(argv: list[str] | None = None) -> None:
             cols["Dask"] = bench_dask(n)
         except Exception as exc:  # noqa: BLE001 - a peer failing must not hide our figures
             notes.append(f"Dask LocalCluster: failed ({exc!r})")
-    if importlib.util.find_spec("ray") is None:
+    if args.quick:
+        notes.append("Ray: skipped (--quick)")
+    elif importlib.util.find_spec("ray") is None:
         notes.append("Ray: not installed (pip install '.[bench]'); skipped")
     else:
-        notes.append("Ray: installed, but not benchmarked by this harness yet")
+        try:
+            cols["Ray"] = bench_ray(n)
+        except Exception as exc:  # noqa: BLE001
+            notes.append(f"Ray: failed ({exc!r})")
     if args.quick:
         notes.append("ipyparallel: skipped (--quick)")
     elif importlib.util.find_spec("ipyparallel") is None:

@@ -50,6 +50,16 @@ def _preempts(policy: Any) -> bool:
         "preempt" in str(getattr(policy, "name", "")).lower()
 
 
+def _by_shape(policy: Any) -> bool:
+    """Whether ``policy`` declares ``greedy_by_shape = True``: it places the tasks it is
+    given greedily in ``(submitted_at, id)`` order, where a task goes depends only on its
+    request, accelerator type and kind and on the placements before it in the same call,
+    and a task that fits nowhere changes nothing. Then pending tasks of one shape share
+    one FIFO queue across tenants and priorities, and a round shows the policy only the
+    first tasks of each shape that could fit (the decisions are the same)."""
+    return getattr(policy, "greedy_by_shape", False) is True
+
+
 class _Call:
     """A bare scheduled callback, shaped like a simpy event for ``Environment.step``."""
 
@@ -67,7 +77,10 @@ class Core(simpy.Environment):
     """simpy's environment plus bare callbacks: ``call_in(delay, fn, *args)`` runs ``fn(event)``.
 
     *Background* callbacks (periodic plug-in clocks) are counted in ``bg`` so a
-    run can stop when nothing but background work is left.
+    run can stop when nothing but background work is left. The engine's own hot
+    callbacks go on the same heap as 5-tuples ``(time, priority, seq, fn, args)``
+    run as ``fn(*args)`` (no event object); :meth:`step` and :meth:`run_while`
+    understand both shapes, so simpy processes and events still work beside them.
     """
 
     def __init__(self, initial_time: float = 0.0) -> None:
@@ -83,14 +96,39 @@ class Core(simpy.Environment):
         heappush(self._queue, (self._now + delay, priority, next(self._eid),
                                _Call(fn, args, background)))
 
-    def run_while(self, until: float, active: Any) -> None:
-        """Step until the heap is empty, the next event is after ``until``, or ``active()`` is false."""
+    def step(self) -> None:
+        """Process the next event (a bare 5-tuple callback or a simpy event)."""
         q = self._queue
-        while q and active():
-            if q[0][0] > until:
+        if q and len(q[0]) == 5:
+            self._now, _, _, fn, args = heappop(q)
+            fn(*args)
+            return
+        if q and q[0][3].__class__ is _Call and q[0][3].bg:
+            self.bg -= 1
+        super().step()
+
+    def run_while(self, until: float, active: Any) -> None:
+        """Step until the heap is empty, the next event is after ``until``, or ``active()`` is
+        false (``active`` is asked only when nothing but background events is left, or when
+        ``done`` -- an attribute of ``active``'s owner -- is set)."""
+        q = self._queue
+        owner = getattr(active, "__self__", None)
+        while q:
+            if owner is not None:
+                if owner.done or len(q) <= self.bg and not active():
+                    return
+            elif not active():
+                return
+            e = q[0]
+            if e[0] > until:
                 self._now = until
                 return
-            self._now, _, _, ev = heappop(q)
+            heappop(q)
+            self._now = e[0]
+            if len(e) == 5:
+                e[3](*e[4])
+                continue
+            ev = e[3]
             if ev.__class__ is _Call and ev.bg:
                 self.bg -= 1
             cbs, ev.callbacks = ev.callbacks, None
@@ -161,6 +199,8 @@ class Simulation:
         self.stall_limit = float(stall_limit)
         self._progress_at = 0.0
         self._exact = window is None or _preempts(self.policy)
+        # a policy that is greedy by shape (see _by_shape) lets tenants share one queue per shape
+        self._by_shape = not self._exact and _by_shape(self.policy)
         self.env = Core()
         self.state = SimClusterState(list(cluster.node_specs))
         self.trace = Trace()
@@ -188,6 +228,7 @@ class Simulation:
         self._prune_at = 200_000
         self.errors: dict[int, BaseException] = {}
         self._groups: dict[tuple[Any, ...], _Pending] = {}
+        self._group_of: dict[int, _Pending] = {}  # pending task id -> its group
         self._ready: dict[tuple[Any, ...], _Pending] = {}
         self._blocked_by_type: dict[str, dict[tuple[Any, ...], tuple[_Pending, Any]]] = {
             name: {} for name in self.state.groups}
@@ -334,9 +375,14 @@ class Simulation:
         return self.pending_count > 0 and env._now - self._progress_at < self.stall_limit
 
     def _emit(self, kind: int, task: int = -1, node: int = -1, aux: int = 0) -> None:
-        i = self.trace.record(self.env._now, kind, task, node, aux)
+        tr = self.trace
+        tr.time.append(self.env._now)
+        tr.kind.append(kind)
+        tr.task.append(task)
+        tr.node.append(node)
+        tr.aux.append(aux)
         if self.events._subs:
-            self.events.publish(self.trace.event(i))
+            self.events.publish(tr.event(len(tr.time) - 1))
 
     def _pull(self, ev: Any = None) -> None:
         """Admit every task due now, then schedule the next arrival."""
@@ -356,12 +402,13 @@ class Simulation:
                                  f"tasks must come in arrival order")
             self._last_submit = t.submit
             if t.submit > now:
-                self.env.call_in(t.submit - now, self._arrive_then_pull, t)
+                env = self.env
+                heappush(env._queue, (t.submit, 1, next(env._eid), self._arrive_then_pull, (t,)))
                 return
             self._arrive(t)
 
-    def _arrive_then_pull(self, ev: Any) -> None:
-        self._arrive(ev.args[0])
+    def _arrive_then_pull(self, t: SimTask) -> None:
+        self._arrive(t)
         self._pull()
 
     def _arrive(self, t: SimTask) -> None:
@@ -379,6 +426,9 @@ class Simulation:
                         t.priority, self.env._now, t.duration)
         self._infos[tid] = info
         self._emit(K.SUBMITTED, tid, -1, self.trace.meta(t.name, t.kind, t.tenant, t.request))
+        if not t.deps:
+            self._enqueue(tid)
+            return
         waiting = 0
         for d in t.deps:
             st = self._done_status.get(d)
@@ -407,15 +457,22 @@ class Simulation:
         if why is not None:
             self._fail(tid, InfeasibleRequestError(why), why)
             return
-        key = (info.request, info.accelerator_type, info.task_kind, info.tenant, info.priority)
+        key = fkey if self._by_shape else fkey + (info.tenant, info.priority)
         g = self._groups.get(key)
         if g is None:
             g = self._groups[key] = _Pending(key)
+        self._group_of[tid] = g
         g.queue.append(info)
         self.pending_count += 1
         if not g.blocked:
             self._ready[key] = g
             self._kick()
+
+    def _key(self, info: TaskInfo) -> tuple[Any, ...]:
+        """The pending group of a task: its shape (plus tenant and priority unless the
+        policy is greedy by shape)."""
+        key = (info.request, info.accelerator_type, info.task_kind)
+        return key if self._by_shape else key + (info.tenant, info.priority)
 
     def _infeasible(self, info: TaskInfo) -> str | None:
         shapes = [(s.name, s.resources, s.labels) for s in self.cluster.node_specs
@@ -431,9 +488,10 @@ class Simulation:
     def _kick(self) -> None:
         if not self._round_due:
             self._round_due = True
-            self.env.call_in(0.0, self._round, priority=2)
+            env = self.env
+            heappush(env._queue, (env._now, 2, next(env._eid), self._round, ()))
 
-    def _round(self, ev: Any) -> None:
+    def _round(self) -> None:
         self._round_due = False
         st = self.state
         st._now = self.env._now
@@ -466,7 +524,11 @@ class Simulation:
         if len(groups) > 1:
             window.sort(key=_by_id)
         self.policy_calls += 1
-        decisions = list(self.policy.schedule(window, st))
+        try:
+            decisions = list(self.policy.schedule(window, st))
+        finally:
+            if st._undo is not None:  # a policy that held without a Ledger: undo its holds
+                st._rollback()
         placed = preempted = 0
         if decisions:
             ids = {t.id: t for t in window}
@@ -534,8 +596,9 @@ class Simulation:
             raise PolicyError(f"policy {self.policy_name!r} placed task {info.name!r} "
                               f"(id {info.id}) of kind {info.task_kind!r} on node {d.node!r} "
                               f"whose device runs it at speed 0")
-        key = (info.request, info.accelerator_type, info.task_kind, info.tenant, info.priority)
-        q = self._groups[key].queue
+        g = self._group_of.pop(info.id)
+        key = g.key
+        q = g.queue
         if q[0] is info:
             q.popleft()
         else:
@@ -560,7 +623,8 @@ class Simulation:
         if t.shots:
             acc = n.spec.accelerator
             dur += t.shots * (acc.shot_time if acc is not None else 0.0)
-        self.env.call_in(dur / speed, self._finish, tid, attempt)
+        env = self.env
+        heappush(env._queue, (now + dur / speed, 1, next(env._eid), self._finish, (tid, attempt)))
 
     def _stop(self, tid: int) -> _Run:
         run = self._run.pop(tid)
@@ -581,8 +645,7 @@ class Simulation:
                 if _fits(free, vec):
                     self._unblock(g)
 
-    def _finish(self, ev: Any) -> None:
-        tid, attempt = ev.args
+    def _finish(self, tid: int, attempt: int) -> None:
         run = self._run.get(tid)
         if run is None or run.attempt != attempt:
             return  # a stale finish of an attempt that was stopped
@@ -606,8 +669,9 @@ class Simulation:
 
     def _requeue(self, tid: int) -> None:
         info = self._infos[tid]
-        key = (info.request, info.accelerator_type, info.task_kind, info.tenant, info.priority)
-        g = self._groups[key]
+        g = self._groups[self._key(info)]
+        self._group_of[tid] = g
+        key = g.key
         g.queue.appendleft(info)
         if len(g.queue) > 1 and g.queue[1].id < tid:
             g.queue = deque(sorted(g.queue, key=_by_id))

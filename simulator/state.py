@@ -63,7 +63,7 @@ class _Group:
 
     __slots__ = ("spec", "names", "index", "total", "total_res", "accel", "labels", "buckets",
                  "keys", "req_cache", "res_cache", "cost", "nodes", "busy", "uptime", "model_of",
-                 "fit", "ver", "first_cache")
+                 "fit", "ver", "first_cache", "head_cache")
 
     def __init__(self, spec: NodeSpec) -> None:
         self.spec = spec
@@ -79,6 +79,7 @@ class _Group:
         self.fit: dict[ReqVec, list[tuple[float, tuple[float, ...]]]] = {}
         self.ver = 0  # bumped whenever a node enters or leaves a bucket
         self.first_cache: dict[tuple[ReqVec, str], tuple[int, Any]] = {}
+        self.head_cache: dict[tuple[ReqVec, str], tuple[int, Any, Any]] = {}  # first_fitting
         self.req_cache: dict[Resources, ReqVec | None] = {}
         self.res_cache: dict[tuple[float, ...], Resources] = {}
         self.cost = spec.hourly_cost
@@ -196,6 +197,8 @@ class SimClusterState:
         self._eligible_map: dict[tuple[Any, ...], dict[_Group, tuple[ReqVec, float]]] = {}
         self.free_total: dict[str, float] = {}
         self.version = 0
+        # tentative holds of the policy's Ledger within one schedule call (see _hold)
+        self._undo: list[tuple[SimNode, tuple[float, ...]]] | None = None
 
     # ClusterState --------------------------------------------------------------
     @property
@@ -305,6 +308,40 @@ class SimClusterState:
                 heapq.heappop(heads)
             else:
                 heapq.heapreplace(heads, (nxt[0], i, nxt[1], it, g, vec))
+
+    def first_fitting(self, task: TaskInfo, order: FitOrder = "id") -> NodeInfo | None:
+        """The first node ``fitting(task, order)`` would yield, or None (no generator; the
+        :class:`~runtime.policies.ledger.Ledger` uses it when a ClusterState has it)."""
+        best: Any = None
+        best_node: SimNode | None = None
+        for g, vec, _ in self.eligible(task):
+            ck = (vec, order)
+            c = g.head_cache.get(ck)
+            if c is not None and c[0] == g.ver:  # nothing entered or left the group's buckets
+                k, n = c[1], c[2]
+                if n is not None and (best_node is None or k < best):
+                    best, best_node = k, n
+                continue
+            keys = g.fit[vec]
+            if not keys:
+                g.head_cache[ck] = (g.ver, None, None)
+                continue
+            if order == "tightest":
+                k, n = _head_run(g, keys, 0, 1)
+            elif order == "loosest":
+                k, n = _head_run(g, keys, len(keys) - 1, -1)
+            elif order == "id":
+                k, n = None, None
+                for _, key in keys:
+                    h = _head(g, key)
+                    if h is not None and (k is None or h.id < k):
+                        k, n = h.id, h
+            else:
+                raise ValueError(f"order={order!r}: expected 'id', 'tightest' or 'loosest'")
+            g.head_cache[ck] = (g.ver, k, n)
+            if n is not None and (best_node is None or k < best):
+                best, best_node = k, n
+        return None if best_node is None else self.node(best_node.id)
 
     def _group_iter(self, g: _Group, vec: ReqVec, order: str) -> Iterator[tuple[Any, SimNode]]:
         keys = g.fit[vec]
@@ -458,6 +495,51 @@ class SimClusterState:
         del self._running[task_id]
         self.version += 1
 
+    # Ledger hooks: tentative holds within one schedule call ---------------------------
+    def _hold(self, node_id: str, amount: Any) -> NodeInfo:
+        """Tentatively take ``amount`` on a node for the rest of a ``schedule`` call (the
+        :class:`~runtime.policies.ledger.Ledger` calls it; undone by :meth:`_rollback`).
+
+        A hold never makes capacity negative: amounts beyond what is free are clamped
+        (the engine's validation rejects such a placement after the call anyway)."""
+        if self._undo is None:
+            self._undo = []
+        n = self._nodes[node_id]
+        g = n.group
+        idx = g.index
+        old = n.free
+        free = list(old)
+        for k, a in amount.items():
+            i = idx.get(k)
+            if i is not None:
+                free[i] = max(round(free[i] - a, 9), 0.0)
+        self._undo.append((n, old))
+        self._set_free(n, tuple(free))
+        return self.node(node_id)
+
+    def _rollback(self) -> None:
+        """Undo every tentative hold, restoring the exact previous free vectors."""
+        undo, self._undo = self._undo, None
+        for n, old in reversed(undo or ()):
+            self._set_free(n, old)
+
+    def _set_free(self, n: SimNode, free: tuple[float, ...]) -> None:
+        if free == n.free:
+            return
+        up = n.state == "up"
+        if up:
+            n.group.remove(n)
+            ft = self.free_total
+            for name, a, b in zip(n.group.names, n.free, free, strict=True):
+                if a != b:
+                    ft[name] += b - a
+        n.free = free
+        n.version += 1
+        n.info = None
+        if up:
+            n.group.insert(n)
+        self.version += 1
+
     def available(self) -> dict[str, float]:
         """Free resources over up nodes."""
         return {k: v for k, v in sorted(self.free_total.items()) if v > EPSILON}
@@ -482,6 +564,39 @@ class SimClusterState:
     def all_nodes(self) -> Mapping[str, SimNode]:
         """The engine's node table (read-only use)."""
         return self._nodes
+
+
+def _head(g: _Group, key: tuple[float, ...]) -> SimNode | None:
+    """The smallest-id live node of bucket ``key`` (drops stale heap entries)."""
+    b = g.buckets.get(key)
+    if b is None:
+        return None
+    heap = b.heap
+    nodes = g.nodes
+    while heap:
+        nid, ver = heap[0]
+        n = nodes.get(nid)
+        if n is not None and n.version == ver:
+            return n
+        heapq.heappop(heap)
+    return None
+
+
+def _head_run(g: _Group, keys: list[tuple[float, tuple[float, ...]]], j: int, step: int
+              ) -> tuple[Any, SimNode | None]:
+    """Sort key and node of the first node of the run of equal scores starting at ``keys[j]``
+    (``step`` 1: tightest, -1: loosest), as ``fitting`` orders them."""
+    score = keys[j][0]
+    best: SimNode | None = None
+    nk = len(keys)
+    while 0 <= j < nk and keys[j][0] == score:
+        h = _head(g, keys[j][1])
+        if h is not None and (best is None or h.id < best.id):
+            best = h
+        j += step
+    if best is None:  # pragma: no cover - a listed bucket always has a live node
+        return None, None
+    return ((score if step == 1 else -score), best.id), best
 
 
 def _first(item: tuple[Any, Any]) -> Any:

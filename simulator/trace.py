@@ -56,6 +56,7 @@ class Trace:
         self.node_ids: list[str] = []
         self.metas: list[tuple[str, str, str, tuple[tuple[str, float], ...]]] = []
         self._meta_ix: dict[tuple, int] = {}
+        self._meta_fast: dict[tuple, int] = {}  # keyed by the (hashable) request itself
         self.notes: list[str] = []  # canonical JSON of rare event details
         self._note_ix: dict[str, int] = {}
 
@@ -65,11 +66,19 @@ class Trace:
     # recording ----------------------------------------------------------------
     def meta(self, name: str, kind: str, tenant: str, request: Mapping[str, float]) -> int:
         """Intern a task's (name, kind, tenant, request) and return its index."""
+        try:
+            return self._meta_fast[(name, kind, tenant, request)]
+        except (KeyError, TypeError):  # new, or an unhashable request mapping
+            pass
         key = (name, kind, tenant, tuple(request.items()))
         ix = self._meta_ix.get(key)
         if ix is None:
             ix = self._meta_ix[key] = len(self.metas)
             self.metas.append(key)  # type: ignore[arg-type]
+        try:
+            self._meta_fast[(name, kind, tenant, request)] = ix
+        except TypeError:
+            pass
         return ix
 
     def note(self, data: Mapping[str, Any]) -> int:

@@ -10,10 +10,21 @@ from __future__ import annotations
 
 from runtime.policies.fifo import FirstFit
 
+
+class _Greedy(FirstFit):
+    """First fit in some node order; declares ``greedy_by_shape`` unless ``strict``."""
+
+    @property
+    def greedy_by_shape(self) -> bool:
+        """True (unless ``strict``): tasks are placed greedily in ``(submitted_at, id)``
+        order and where one goes depends only on its shape and earlier placements, so a
+        backend may batch pending tasks of one shape (see ``simulator.engine``)."""
+        return not self.strict
+
 __all__ = ["BestFit", "Spread"]
 
 
-class BestFit(FirstFit):
+class BestFit(_Greedy):
     """Best-fit bin packing: each task goes to the fitting node with the least free capacity.
 
     Packs work onto few nodes, leaving whole nodes free for big tasks and for
@@ -24,7 +35,7 @@ class BestFit(FirstFit):
     order = "tightest"
 
 
-class Spread(FirstFit):
+class Spread(_Greedy):
     """Spread (least loaded): each task goes to the fitting node with the most free capacity.
 
     Balances load and keeps headroom on every node (fewer hot spots).

@@ -6,6 +6,14 @@ holds on the index itself, so ``fitting`` stays exact (and O(log n)) within the
 call, and rolls them back, bit for bit, when the call ends. On any other
 ``ClusterState`` it keeps its own tally and filters ``fitting``'s output (exact
 placement and order, at O(nodes used so far) per pick).
+
+**Fast-path hooks** (optional; a ClusterState may implement them, as NodeIndex and
+the simulator's ``SimClusterState`` do): ``_undo`` (None outside a ``schedule``
+call), ``_hold(node_id, amount)`` (take ``amount`` tentatively, so ``fitting``
+reflects it) and ``_rollback()`` (restore every hold, set ``_undo`` back to None).
+With them the ledger holds on the state itself instead of keeping an overlay.
+``first_fitting(task, order) -> NodeInfo | None`` (the first node ``fitting``
+would yield, without building a generator) is used by ``pick`` when present.
 """
 
 from __future__ import annotations
@@ -38,12 +46,15 @@ class Ledger:
     def __init__(self, cluster: ClusterState) -> None:
         self.cluster = cluster
         self.native = isinstance(cluster, NodeIndex) and cluster._undo is None
+        #: holds go on the cluster itself (NodeIndex, or any state with the hooks)
+        self.holds = self.native or _has_hooks(cluster)
+        self._first = getattr(cluster, "first_fitting", None) if self.holds else None
         self.blocked: set[tuple[Resources, str | None]] = set()
         self.placed: list[Place] = []
         self._deferred: list[tuple[str, Mapping[str, float]]] = []
         self._overlay: NodeIndex | None = None  # generic path: nodes used in this call
         self._cursors: dict[tuple[Resources, str | None, str], _Cursor] = {}
-        if self.native:
+        if self.holds:
             cluster._undo = []  # type: ignore[union-attr]
 
     def __enter__(self) -> Ledger:
@@ -63,7 +74,7 @@ class Ledger:
     def sync(self) -> None:
         """Apply deferred holds, so the view (cluster or overlay) shows this call's placements."""
         deferred, self._deferred = self._deferred, []
-        if self.native:
+        if self.holds:
             for node_id, amount in deferred:
                 self.cluster._hold(node_id, amount)  # type: ignore[union-attr]
             return
@@ -81,14 +92,14 @@ class Ledger:
     def close(self) -> None:
         """Undo the tentative holds (idempotent)."""
         self._deferred = []
-        if self.native:
+        if self.holds:
             self.cluster._rollback()  # type: ignore[union-attr]
-            self.native = False
+            self.native = self.holds = False
 
     # queries ---------------------------------------------------------------------
     def free(self, node: NodeInfo) -> Mapping[str, float]:
         """The node's free resources less what this call already placed there."""
-        if self.native:
+        if self.holds:
             if self._deferred:
                 self.sync()
             return self.cluster.node(node.id).free
@@ -105,7 +116,7 @@ class Ledger:
 
     def candidates(self, task: TaskInfo, order: FitOrder = "id") -> Iterator[NodeInfo]:
         """Nodes where ``task`` fits given this call's placements, in ``order``."""
-        if self.native:
+        if self.holds:
             if self._deferred:
                 self.sync()
             yield from self.cluster.fitting(task, order)
@@ -127,7 +138,11 @@ class Ledger:
         shape = (task.request, task.accelerator_type)
         if shape in self.blocked:
             return None
-        if self.native:
+        if self._first is not None:
+            if self._deferred:
+                self.sync()
+            node = self._first(task, order)
+        elif self.holds:
             node = next(self.candidates(task, order), None)
         else:
             node = self._pick_generic(task, order)
@@ -170,6 +185,12 @@ class Ledger:
         """``pick`` then ``take``: place ``task`` on its first fitting node, or None."""
         node = self.pick(task, order)
         return None if node is None else self.take(task, node.id)
+
+
+def _has_hooks(cluster: object) -> bool:
+    """Whether ``cluster`` implements the ledger's hold hooks and holds nothing now."""
+    return getattr(cluster, "_undo", 0) is None and callable(getattr(cluster, "_hold", None)) \
+        and callable(getattr(cluster, "_rollback", None))
 
 
 class _Cursor:

@@ -387,3 +387,110 @@ def test_cancel_is_recursive(local):
     with pytest.raises(runtime.TaskCancelledError):
         runtime.get(ref, timeout=30)
     _wait_for(lambda: backend.log.tasks[child_id].state == "cancelled", what="child cancelled")
+
+
+KERNEL_CODE = '''
+import runtime as rt
+rt.init(num_cpus=1)
+@rt.remote
+def f(x):
+    print("hi from", x)
+    return x * 2
+class P:
+    def __init__(self, v):
+        self.v = v
+@rt.remote
+def g(p):
+    return P(p.v + 1)
+print("result", rt.get(f.remote(21)), rt.get(g.remote(P(1))).v)
+rt.shutdown()
+'''
+
+
+@pytest.mark.timeout(90)
+def test_runs_inside_a_real_kernel():
+    """In a Jupyter kernel (threads, __main__ classes) tasks run and print reaches the cell."""
+    jc = pytest.importorskip("jupyter_client.manager")
+    km, kc = jc.start_new_kernel(kernel_name="python3")
+    texts = []
+    try:
+        reply = kc.execute_interactive(
+            KERNEL_CODE, timeout=60,
+            output_hook=lambda m: texts.append(m["content"].get("text", ""))
+            if m["msg_type"] == "stream" else None)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    out = "".join(texts)
+    assert reply["content"]["status"] == "ok", out
+    assert "result 42 2" in out
+    assert "(f pid=" in out and "hi from 21" in out
+
+
+def test_policy_preemption_requeues_the_victim(local, tmp_path):
+    """A Preempt decision stops a running task; it re-runs later and still succeeds."""
+    from runtime.policies import Preempt
+
+    class PreemptLow:
+        name = "preempt-low"
+
+        def schedule(self, pending, cluster):
+            out = []
+            for t in pending:
+                fits = list(cluster.fitting(t))
+                if fits:
+                    out.append(Place(t.id, fits[0].id))
+                elif t.priority > 0:
+                    victims = [r for r in cluster.running() if r.priority == 0]
+                    if victims:
+                        out.append(Preempt(victims[0].id))
+            return out
+
+    @runtime.remote
+    def low(path):
+        if os.path.exists(path):
+            return "low re-ran"
+        open(path, "w").close()
+        time.sleep(600)
+
+    local(num_cpus=1, policy=PreemptLow())
+    events = []
+    runtime.subscribe(events.append)
+    marker = str(tmp_path / "low-started")
+    lo = low.remote(marker)
+    _wait_for(lambda: os.path.exists(marker), what="the low task to start")
+    hi = which_node.options(priority=5).remote("high")
+    assert runtime.get(hi, timeout=60) == "high"
+    assert runtime.get(lo, timeout=60) == "low re-ran"
+    assert any(e.kind == "task_preempted" and e.task == lo.id for e in events)
+
+
+@runtime.remote
+def callback_inside():
+    slow = sleeper.remote(0.3)
+    seen = []
+    slow.add_done_callback(seen.append)
+    fast = runtime.get(sleeper.remote(0.01))  # must not wait behind the callback helper
+    runtime.get(slow)
+    deadline = time.monotonic() + 10
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return fast, len(seen)
+
+
+def test_done_callback_inside_a_task(local):
+    """add_done_callback works inside a task, beside the task's own get calls."""
+    local(num_cpus=2)
+    assert runtime.get(callback_inside.remote(), timeout=60) == (0.01, 1)
+
+
+def test_refs_from_an_old_session_are_rejected(local):
+    """A ref from a shut-down session is an error naming it, never another object's value."""
+    local(num_cpus=1)
+    old = runtime.put("old value")
+    local(num_cpus=1)
+    runtime.put("new value")
+    with pytest.raises(ValueError, match="another runtime session"):
+        which_node.remote(old)
+    with pytest.raises(runtime.RuntimeShutdownError):
+        runtime.get(old)

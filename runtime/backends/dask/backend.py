@@ -54,7 +54,7 @@ from runtime.refs import ObjectRef
 from runtime.resources import Resources
 from runtime.serialization import check_call_args
 
-__all__ = ["DaskBackend", "ACCELERATOR_PREFIX", "task_key", "worker_shape"]
+__all__ = ["DaskBackend"]
 
 log = logging.getLogger("runtime.backends.dask")
 

@@ -67,7 +67,7 @@ class ClusterView:
                                  resources=dict(msg.get("r") or {}))
                 self.events.emit(now, EventKind.TASK_STARTED, tid, node, attempt=1)
                 return
-            task.attempts += 1
+            task.attempts = max(task.attempts, task.deaths) + 1
             task.node = node
             self.events.emit(now, EventKind.TASK_STARTED, tid, node, attempt=task.attempts)
             if task.max_retries >= 0 and task.attempts > task.max_retries + 1:
@@ -169,6 +169,10 @@ class ClusterView:
             if task is None or tid in self._errors or task.actor is not None:
                 continue
             task.deaths += 1
+            if task.attempts < task.deaths:  # its start event died with the worker
+                task.attempts = task.deaths
+                self.events.emit(self.now(), EventKind.TASK_STARTED, tid, node,
+                                 attempt=task.attempts)
             if task.max_retries >= 0 and task.deaths >= task.max_retries + 1:
                 self._fail(tid, WorkerCrashedError(task.name, tid, task.deaths, node,
                                                    "its worker died while running it"))

@@ -12,7 +12,6 @@ every call raises ``ActorDiedError`` at once.
 from __future__ import annotations
 
 import collections
-import signal
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -235,9 +234,7 @@ class ActorsMixin:
             return True
         t.cancelled = True
         if a.worker is not None:
-            a.worker.send(("cancel", t.id))
-            if a.inflight and a.inflight[0] is t and a.worker.ready:
-                a.worker.kill(signal.SIGINT)
+            a.worker.interrupt(t.id)
         return True
 
     def _on_actor_death(self, w: WorkerProc, why: str) -> None:

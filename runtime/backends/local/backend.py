@@ -118,6 +118,7 @@ class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingM
         self._segments: set[str] = set()
         self._no_room: dict[Any, int] = {}
         self._children: dict[int, list[int]] = {}  # nested submits, by parent task id
+        self._preempting: set[int] = set()
         self._dirty = False  # the reader schedules once per wake-up when set
         #: Internal errors the reader thread survived (for debugging; should stay empty).
         self.errors: list[BaseException] = []
@@ -202,9 +203,14 @@ class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingM
     def _pack(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, list[int]]:
         if not args and not kwargs:
             return _EMPTY_ARGS, []
-        deps = [a.id for a in args if type(a) is ObjectRef]
+        refs = [a for a in args if type(a) is ObjectRef]
         if kwargs:
-            deps += [a.id for a in kwargs.values() if type(a) is ObjectRef]
+            refs += [a for a in kwargs.values() if type(a) is ObjectRef]
+        for r in refs:
+            if r._backend is not None and r._backend is not self:
+                raise ValueError(f"argument {r!r} of {name}() belongs to another runtime "
+                                 f"session (shut down or replaced); its value is gone")
+        deps = [r.id for r in refs]
         objs = self._objs
         was = [(o, o.escaped) for d in deps if (o := objs.get(d)) is not None]
         try:
@@ -383,10 +389,12 @@ class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingM
             if no_room.get(key) == version and not blocked:
                 continue  # nothing changed since this shape last found no room
             cap = self._capacity(next(iter(group.values())).info, blocked)
-            if cap:
-                window.extend(t.info for t in itertools.islice(group.values(), cap))
-            elif not blocked:
-                no_room[key] = version
+            if not cap:
+                # show the head anyway (once per cluster change): a policy may preempt
+                cap = 1
+                if not blocked:
+                    no_room[key] = version
+            window.extend(t.info for t in itertools.islice(group.values(), cap))
         if not window:
             return
         window.sort(key=lambda i: i.id)
@@ -459,8 +467,10 @@ class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingM
 
     def _preempt(self, d: Preempt) -> None:
         t = self._tasks.get(d.task)
-        if t is None or t.state != "running" or t.worker is None or t.actor is not None:
+        if t is None or t.state != "running" or t.worker is None or t.actor is not None \
+                or t.cancelled or t.worker.dead or t.id in self._preempting:
             return
+        self._preempting.add(t.id)
         w = t.worker
         self.events.emit(self.now(), K.TASK_PREEMPTED, t.id, t.node, reason=d.reason)
         t.attempt -= 1  # a preemption does not use up a retry
@@ -526,6 +536,7 @@ class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingM
         if idle is None:
             return
         if len(idle) >= 2 * self._base_workers(w.node) + 2:
+            w.retiring = True
             w.send(("exit",))
             return
         idle.append(w)
@@ -551,16 +562,14 @@ class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingM
             return True
         t.cancelled = True
         if t.state == "queued":  # sent ahead: the worker skips it
-            t.worker.send(("cancel", tid))
+            t.worker.interrupt(tid)
             return True
         w = t.worker
         if w is not None:
             if force:
                 w.kill(signal.SIGKILL)
             else:
-                w.send(("cancel", tid))
-                if w.ready:
-                    w.kill(signal.SIGINT)
+                w.interrupt(tid)
         return True
 
     # ----------------------------------------------------------------- output

@@ -101,9 +101,15 @@ class ClientBackend(Backend):
         return bool(self._req("done", ref.id))
 
     def add_done_callback(self, ref: ObjectRef, fn: Callable[[ObjectRef], None]) -> None:
-        """Call ``fn(ref)`` from a helper thread once the ref is done."""
+        """Call ``fn(ref)`` from a helper thread once the ref is done.
+
+        The helper polls (short requests) rather than blocking in ``wait``, so it
+        never holds the connection while the task itself needs it."""
         def waiter() -> None:
-            self.wait([ref], 1, None)
+            delay = 0.001
+            while not self.done(ref):
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
             fn(ref)
 
         threading.Thread(target=waiter, daemon=True).start()

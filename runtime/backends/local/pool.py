@@ -26,7 +26,8 @@ from runtime.backends.local.protocol import dumps
 __all__ = ["WorkerProc", "spawn_worker"]
 
 _BOOT = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import sys; "
-         "from runtime.backends.local.worker import main; main(int(sys.argv[1]))")
+         "from runtime.backends.local.worker import main; "
+         "main(int(sys.argv[1]), int(sys.argv[2]))")
 _HEADER = struct.Struct("!i")  # multiprocessing.connection's frame header
 _RUNTIME_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(runtime.__file__)))
 
@@ -36,7 +37,7 @@ class WorkerProc:
 
     __slots__ = ("proc", "conn", "sock", "pid", "node", "task", "actor", "fns", "dead", "label",
                  "blocked_req", "idle_since", "ready", "queued", "outbuf", "out_lock",
-                 "on_backlog")
+                 "on_backlog", "retiring", "cancel_w")
 
     def __init__(self, proc: subprocess.Popen[bytes], conn: Connection, sock: socket.socket,
                  node: str) -> None:
@@ -46,6 +47,8 @@ class WorkerProc:
         self.outbuf: collections.deque[memoryview] = collections.deque()
         self.out_lock = threading.Lock()
         self.on_backlog: Any = None  # called when outbuf becomes non-empty
+        self.retiring = False  # told to exit (an extra idle worker)
+        self.cancel_w = -1  # write end of the pipe naming tasks to interrupt
         self.pid = proc.pid
         self.node = node
         self.task: Any = None  # the running _Task (plain workers)
@@ -103,6 +106,15 @@ class WorkerProc:
                 buf.popleft()
         return True
 
+    def interrupt(self, task_id: int) -> None:
+        """Interrupt ``task_id`` if (and only if) it is what the worker runs now."""
+        try:
+            os.write(self.cancel_w, task_id.to_bytes(8, "little"))
+        except OSError:
+            return
+        if self.ready:
+            self.kill(signal.SIGINT)
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the process (no error when it is already gone)."""
         try:
@@ -125,6 +137,12 @@ class WorkerProc:
                 c.close()
             except OSError:
                 pass
+        if self.cancel_w >= 0:
+            try:
+                os.close(self.cancel_w)
+            except OSError:
+                pass
+            self.cancel_w = -1
 
     def __repr__(self) -> str:
         return f"WorkerProc({self.label})"
@@ -133,18 +151,25 @@ class WorkerProc:
 def spawn_worker(node: str, t0: float) -> WorkerProc:
     """Start one worker process for ``node`` and send it its first message."""
     parent, child = socket.socketpair()
+    cancel_r, cancel_w = os.pipe()
     env = dict(os.environ)
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = _RUNTIME_ROOT + (os.pathsep + path if path else "")
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, str(child.fileno())],
-            pass_fds=(child.fileno(),), start_new_session=True, env=env,
+            [sys.executable, "-c", _BOOT, str(child.fileno()), str(cancel_r)],
+            pass_fds=(child.fileno(), cancel_r), start_new_session=True, env=env,
             stdin=subprocess.DEVNULL,
         )
+    except BaseException:
+        os.close(cancel_w)
+        raise
     finally:
         child.close()
+        os.close(cancel_r)
+    os.set_blocking(cancel_w, False)
     conn = Connection(os.dup(parent.fileno()))
     w = WorkerProc(proc, conn, parent, node)
+    w.cancel_w = cancel_w
     w.send(("init", os.getpid(), list(sys.path), os.getcwd(), node, t0, os.getpid()))
     return w

@@ -36,6 +36,7 @@ class ReaderMixin:
                 self._read_forever()
             except Exception as exc:  # noqa: BLE001 - never let the one reader die
                 self.errors.append(exc)
+                time.sleep(0.01)
 
     def _read_forever(self) -> None:
         wake = self._wake_r
@@ -191,7 +192,8 @@ class ReaderMixin:
         threading.Thread(target=w.reap, daemon=True).start()
         if self._closed:
             return
-        self.events.emit(self.now(), K.WORKER_DIED, None, w.node, pid=w.pid, reason=why)
+        self.events.emit(self.now(), K.WORKER_DIED, None, w.node, pid=w.pid,
+                         reason="retired (an extra idle worker)" if w.retiring else why)
         idle = self._idle.get(w.node)
         if idle is not None and w in idle:
             idle.remove(w)
@@ -207,6 +209,8 @@ class ReaderMixin:
             else:
                 self._make_ready(u)
         t, w.task = w.task, None
+        if t is not None:
+            self._preempting.discard(t.id)
         if t is not None and t.state == "running":
             if t in self._unblock:
                 self._unblock.remove(t)

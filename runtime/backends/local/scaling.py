@@ -78,6 +78,7 @@ class ScalingMixin:
             return False
         self.index.remove_node(nid)
         for w in self._idle.pop(nid, []):
+            w.retiring = True
             w.send(("exit",))
         self._feasible.clear()
         self._no_room.clear()

@@ -41,6 +41,7 @@ class Channel:
         self._queued = threading.Condition(self.send_lock)
         self.req_lock = threading.RLock()
         self._req_ids = iter(range(1, 1 << 62))
+        self.state: Any = None
 
     def start_flusher(self, delay: float = 0.0005) -> None:
         """Send posted messages at most ``delay`` s late even while a long task runs
@@ -176,9 +177,12 @@ class _Output:
 
 
 class _State:
-    __slots__ = ("task_id", "running", "node", "owner", "fns", "actor", "actor_id")
+    __slots__ = ("task_id", "running", "node", "owner", "fns", "actor", "actor_id",
+                 "cancel_fd", "cancel_ids")
 
     def __init__(self) -> None:
+        self.cancel_fd = -1
+        self.cancel_ids: set[int] = set()
         self.task_id: int | None = None
         self.running = False
         self.node = "?"
@@ -188,9 +192,30 @@ class _State:
         self.actor_id: int | None = None
 
 
+def _drain_cancels(state: _State) -> None:
+    """Read the task ids the driver wrote to the cancel pipe (never blocks)."""
+    if state.cancel_fd < 0:
+        return
+    while True:
+        try:
+            data = os.read(state.cancel_fd, 8 * 64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            state.cancel_fd = -1
+            return
+        if not data:
+            return
+        for i in range(0, len(data) - 7, 8):
+            state.cancel_ids.add(int.from_bytes(data[i:i + 8], "little"))
+
+
 def _on_sigint(state: _State) -> Any:
     def handler(signum: int, frame: Any) -> None:
-        if state.running:
+        # The driver names the task it cancels in the cancel pipe before signalling,
+        # so a SIGINT meant for a task that just ended never hits the next one.
+        _drain_cancels(state)
+        if state.running and state.task_id in state.cancel_ids:
             raise KeyboardInterrupt("task cancelled")
 
     return handler
@@ -256,6 +281,11 @@ class _Skip(Exception):
     """The driver took back a task it had sent ahead (its predecessor blocked)."""
 
 
+def chan_state(chan: Channel) -> _State:
+    """The worker state attached to the channel."""
+    return chan.state
+
+
 def _check_cancelled(chan: Channel, tid: int) -> None:
     """Raise KeyboardInterrupt when a cancel for ``tid`` is already queued (``_Skip``
     when the driver took the task back)."""
@@ -266,6 +296,9 @@ def _check_cancelled(chan: Channel, tid: int) -> None:
             raise _Skip
         if msg[0] == "cancel" and msg[1] == tid:
             raise KeyboardInterrupt("task cancelled before it started")
+    _drain_cancels(chan_state(chan))
+    if tid in chan_state(chan).cancel_ids:
+        raise KeyboardInterrupt("task cancelled before it started")
 
 
 def _flush_streams() -> None:
@@ -326,11 +359,16 @@ def _handle(chan: Channel, state: _State, msg: Any) -> bool:
     return True
 
 
-def main(fd: int) -> None:
-    """Worker entry point: serve the driver on connection ``fd`` until it closes."""
+def main(fd: int, cancel_fd: int = -1) -> None:
+    """Worker entry point: serve the driver on connection ``fd`` until it closes;
+    ``cancel_fd`` is the read end of the pipe naming tasks to interrupt."""
     conn = Connection(fd)
     chan = Channel(conn)
     state = _State()
+    chan.state = state
+    if cancel_fd >= 0:
+        os.set_blocking(cancel_fd, False)
+        state.cancel_fd = cancel_fd
     init = loads(conn.recv_bytes())
     _, state.owner, path, cwd, state.node, t0, ppid = init
     sys.path[:] = path
@@ -368,4 +406,4 @@ def main(fd: int) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover - started with -c, see backend.py
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), int(sys.argv[2]))
