@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     import runtime
 
     with distributed.LocalCluster(n_workers=args.workers, threads_per_worker=args.threads,
-                                  processes=True, host="127.0.0.1", dashboard_address=None) as lc:
+                                  processes=True, host="127.0.0.1", dashboard_address=None,
+                                  worker_dashboard_address="127.0.0.1:0") as lc:
         rows: list[tuple[str, float, float]] = []
         with distributed.Client(lc, set_as_default=False) as client:
             client.submit(noop, 0, pure=False).result()

@@ -123,15 +123,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tasks", type=int, default=None)
     ap.add_argument("--nodes", type=int, default=None)
     ap.add_argument("--policy", default="best_fit")
-    ap.add_argument("--skip-scaling", action="store_true")
+    ap.add_argument("--skip-scaling", action="store_true",
+                    help="skip the decision-cost table")
     args = ap.parse_args(argv)
     n_tasks = args.tasks or (20_000 if args.quick else 1_000_000)
     nodes = args.nodes or (1_000 if args.quick else 10_000)
     cols = ["nodes", "tasks", "run_s", "tasks_per_s", "us_per_round", "rounds", "events",
             "finished", "util_GPU", "wait_mean", "peak_rss_mb"]
     print(f"main run: {n_tasks:,} tasks, {nodes:,} nodes, policy {args.policy}, 110% load, "
-          f"trace + metrics on")
-    print(_table([run_one(nodes, n_tasks, args.policy)], cols))
+          f"trace + metrics on (peak_rss_mb is the process's peak so far)")
+    rows = [run_one(nodes, n_tasks, args.policy)]
+    if args.tasks is None and args.nodes is None:  # and a run long enough to queue up
+        rows.append(run_one(500, 40_000, args.policy) if args.quick
+                    else run_one(1_000, 300_000, args.policy))
+    print(_table(rows, cols))
     if args.skip_scaling:
         return
     sizes = (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000)

@@ -1,8 +1,8 @@
 """The simulation engine: a small simpy core with tasks as plain scheduled callbacks.
 
-:class:`Core` is simpy's ``Environment`` plus :meth:`Core.call_in`, which schedules
-a bare callback (no process, no generator) on the same heap; task arrivals, starts
-and finishes use it, so a task costs a few heap operations, not a simpy process.
+:class:`Core` (:mod:`simulator.core`) is simpy's ``Environment`` plus bare
+callbacks on the same heap (no process, no event object); task arrivals, starts
+and finishes use them, so a task costs a few heap operations, not a simpy process.
 Plug-ins (failures, spot preemption, availability windows, the autoscaler; see
 :mod:`simulator.failures` and :mod:`simulator.autoscale`) sit on top and may use
 ordinary simpy processes.
@@ -16,16 +16,15 @@ possibly start (see ``window``) and its decisions are validated
 
 from __future__ import annotations
 
+import gc
 import math
 from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
-from heapq import heappop, heappush
+from heapq import heappush
 from itertools import islice
 from operator import attrgetter
 from typing import Any
-
-import simpy
 
 from runtime.autoscaling import get_autoscaler
 from runtime.errors import InfeasibleRequestError, PolicyError, WorkerCrashedError
@@ -33,6 +32,7 @@ from runtime.events import EventBus
 from runtime.policies import get_policy
 from runtime.policies.base import Place, Preempt, TaskInfo, check_placement, infeasible_message
 from simulator.cluster import ClusterConfig
+from simulator.core import Core
 from simulator.state import SimClusterState, SimNode, _fits
 from simulator.trace import K, Trace
 from simulator.workloads.base import SimTask, Workload
@@ -60,93 +60,17 @@ def _by_shape(policy: Any) -> bool:
     return getattr(policy, "greedy_by_shape", False) is True
 
 
-class _Call:
-    """A bare scheduled callback, shaped like a simpy event for ``Environment.step``."""
-
-    __slots__ = ("callbacks", "_ok", "_value", "args", "bg")
-
-    def __init__(self, fn: Any, args: tuple[Any, ...], bg: bool = False) -> None:
-        self.callbacks = [fn]
-        self._ok = True
-        self._value = None
-        self.args = args
-        self.bg = bg
-
-
-class Core(simpy.Environment):
-    """simpy's environment plus bare callbacks: ``call_in(delay, fn, *args)`` runs ``fn(event)``.
-
-    *Background* callbacks (periodic plug-in clocks) are counted in ``bg`` so a
-    run can stop when nothing but background work is left. The engine's own hot
-    callbacks go on the same heap as 5-tuples ``(time, priority, seq, fn, args)``
-    run as ``fn(*args)`` (no event object); :meth:`step` and :meth:`run_while`
-    understand both shapes, so simpy processes and events still work beside them.
-    """
-
-    def __init__(self, initial_time: float = 0.0) -> None:
-        super().__init__(initial_time)
-        self.bg = 0
-
-    def call_in(self, delay: float, fn: Any, *args: Any, priority: int = 1,
-                background: bool = False) -> None:
-        """Run ``fn(ev)`` (``ev.args`` = ``args``) after ``delay``; priority 2 runs after
-        every ordinary event of the same instant."""
-        if background:
-            self.bg += 1
-        heappush(self._queue, (self._now + delay, priority, next(self._eid),
-                               _Call(fn, args, background)))
-
-    def step(self) -> None:
-        """Process the next event (a bare 5-tuple callback or a simpy event)."""
-        q = self._queue
-        if q and len(q[0]) == 5:
-            self._now, _, _, fn, args = heappop(q)
-            fn(*args)
-            return
-        if q and q[0][3].__class__ is _Call and q[0][3].bg:
-            self.bg -= 1
-        super().step()
-
-    def run_while(self, until: float, active: Any) -> None:
-        """Step until the heap is empty, the next event is after ``until``, or ``active()`` is
-        false (``active`` is asked only when nothing but background events is left, or when
-        ``done`` -- an attribute of ``active``'s owner -- is set)."""
-        q = self._queue
-        owner = getattr(active, "__self__", None)
-        while q:
-            if owner is not None:
-                if owner.done or len(q) <= self.bg and not active():
-                    return
-            elif not active():
-                return
-            e = q[0]
-            if e[0] > until:
-                self._now = until
-                return
-            heappop(q)
-            self._now = e[0]
-            if len(e) == 5:
-                e[3](*e[4])
-                continue
-            ev = e[3]
-            if ev.__class__ is _Call and ev.bg:
-                self.bg -= 1
-            cbs, ev.callbacks = ev.callbacks, None
-            for cb in cbs:
-                cb(ev)
-            if not ev._ok and not hasattr(ev, "_defused"):
-                raise ev._value
-
-
 class _Pending:
     """Pending tasks of one group (same request, accelerator, kind, tenant, priority), FIFO."""
 
-    __slots__ = ("key", "queue", "blocked")
+    __slots__ = ("key", "queue", "blocked", "elig", "shown")
 
-    def __init__(self, key: tuple[Any, ...]) -> None:
+    def __init__(self, key: tuple[Any, ...], elig: list[Any]) -> None:
         self.key = key
         self.queue: deque[TaskInfo] = deque()
         self.blocked = False
+        self.elig = elig  # the state's eligible groups for this shape
+        self.shown = 0  # tasks shown to the policy in this round and not yet placed
 
 
 class _Run:
@@ -170,13 +94,17 @@ class Simulation:
     node failures / spot preemption / availability windows from the cluster's
     specs. ``events`` is an optional :class:`runtime.events.EventBus` that
     receives every event live; ``plugins`` are extra plug-ins (``attach(sim)``).
+    ``pause_gc`` turns Python's cyclic garbage collector off while :meth:`run` runs
+    (the engine makes no reference cycles; with a million live tasks the collector's
+    full passes cost a quarter of the run); it is restored afterwards.
     """
 
     def __init__(self, cluster: ClusterConfig, workload: Workload | Iterable[SimTask], *,
                  policy: Any = "fifo", autoscaler: Any = "none", seed: int = 0,
                  window: int | None = 64, failures: bool = True,
                  autoscale_interval: float = 10.0, events: EventBus | None = None,
-                 plugins: Iterable[Any] = (), stall_limit: float = 1e6) -> None:
+                 plugins: Iterable[Any] = (), stall_limit: float = 1e6,
+                 pause_gc: bool = True) -> None:
         if not isinstance(cluster, ClusterConfig):
             raise TypeError(f"Simulation: cluster must be a ClusterConfig, got {cluster!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -196,6 +124,9 @@ class Simulation:
         self.autoscaler_name = autoscaler if isinstance(autoscaler, str) else str(
             getattr(self.autoscaler, "name", type(self.autoscaler).__name__))
         self.window = window
+        if not isinstance(pause_gc, bool):
+            raise TypeError(f"Simulation: pause_gc must be True or False, got {pause_gc!r}")
+        self.pause_gc = pause_gc
         self.stall_limit = float(stall_limit)
         self._progress_at = 0.0
         self._exact = window is None or _preempts(self.policy)
@@ -229,8 +160,8 @@ class Simulation:
         self.errors: dict[int, BaseException] = {}
         self._groups: dict[tuple[Any, ...], _Pending] = {}
         self._group_of: dict[int, _Pending] = {}  # pending task id -> its group
-        self._ready: dict[tuple[Any, ...], _Pending] = {}
-        self._blocked_by_type: dict[str, dict[tuple[Any, ...], tuple[_Pending, Any]]] = {
+        self._ready: dict[_Pending, _Pending] = {}  # keyed by the group itself (fast hash)
+        self._blocked_by_type: dict[str, dict[_Pending, tuple[_Pending, Any]]] = {
             name: {} for name in self.state.groups}
         self._feasible: dict[tuple[Any, ...], str | None] = {}
         self._round_due = False
@@ -288,7 +219,14 @@ class Simulation:
                     math.isnan(until) or until <= self.now:
                 raise ValueError(f"Simulation.run: until must be a number after the current "
                                  f"time {self.now:g}, got {until!r}")
-        self.env.run_while(math.inf if until is None else float(until), self._active)
+        paused = self.pause_gc and gc.isenabled()
+        if paused:
+            gc.disable()
+        try:
+            self.env.run_while(math.inf if until is None else float(until), self._active)
+        finally:
+            if paused:
+                gc.enable()
         if not self.done:
             self.end_time = self.now
         self._close_books()
@@ -450,22 +388,22 @@ class Simulation:
     def _enqueue(self, tid: int) -> None:
         info = self._infos[tid]
         self._ready_t[tid] = self.env._now
-        fkey = (info.request, info.accelerator_type, info.task_kind)
-        why = self._feasible.get(fkey, "?")
-        if why == "?":
-            why = self._feasible[fkey] = self._infeasible(info)
-        if why is not None:
-            self._fail(tid, InfeasibleRequestError(why), why)
-            return
-        key = fkey if self._by_shape else fkey + (info.tenant, info.priority)
+        key = self._key(info)
         g = self._groups.get(key)
-        if g is None:
-            g = self._groups[key] = _Pending(key)
+        if g is None:  # a new group: is its shape feasible at all? (cached per shape)
+            fkey = key[:3]
+            why = self._feasible.get(fkey, "?")
+            if why == "?":
+                why = self._feasible[fkey] = self._infeasible(info)
+            if why is not None:
+                self._fail(tid, InfeasibleRequestError(why), why)
+                return
+            g = self._groups[key] = _Pending(key, self.state.eligible(info))
         self._group_of[tid] = g
         g.queue.append(info)
         self.pending_count += 1
         if not g.blocked:
-            self._ready[key] = g
+            self._ready[g] = g
             self._kick()
 
     def _key(self, info: TaskInfo) -> tuple[Any, ...]:
@@ -495,20 +433,19 @@ class Simulation:
         self._round_due = False
         st = self.state
         st._now = self.env._now
-        room = st.room
+        room = st.room_in
         window: list[TaskInfo] = []
         groups: list[_Pending] = []
-        per_group: dict[tuple[Any, ...], int] = {}
         exact, cap = self._exact, self.window
-        for key, g in list(self._ready.items()):
+        for g in list(self._ready):
             q = g.queue
             if not q:
-                del self._ready[key]
+                del self._ready[g]
                 continue
             if exact:
                 k = len(q) if cap is None else min(cap, len(q))
             else:
-                k = room(q[0], cap)
+                k = room(g.elig, cap)  # type: ignore[arg-type]
                 if k <= 0:
                     self._block(g)
                     continue
@@ -517,7 +454,7 @@ class Simulation:
             else:
                 k = len(q)
                 window.extend(q)
-            per_group[key] = k
+            g.shown = k
             groups.append(g)
         if not window:
             return
@@ -534,7 +471,7 @@ class Simulation:
             ids = {t.id: t for t in window}
             for d in decisions:
                 if type(d) is Place:
-                    per_group[self._place(d, ids)] -= 1
+                    self._place(d, ids).shown -= 1
                     placed += 1
                 elif type(d) is Preempt:
                     self._preempt(d)
@@ -549,7 +486,7 @@ class Simulation:
         again = False
         for g in groups:
             if g.queue:
-                if per_group[g.key] > 0:
+                if g.shown > 0:
                     self._block(g)  # some of what it was shown stayed pending: wait for capacity
                 else:
                     again = True  # everything shown was placed and more waits
@@ -560,18 +497,18 @@ class Simulation:
         if g.blocked:
             return
         g.blocked = True
-        self._ready.pop(g.key, None)
-        for grp, vec, _ in self.state.eligible(g.queue[0]):
-            self._blocked_by_type[grp.spec.name][g.key] = (g, vec)
+        self._ready.pop(g, None)
+        for grp, vec, _ in g.elig:
+            self._blocked_by_type[grp.spec.name][g] = (g, vec)
 
     def _unblock(self, g: _Pending) -> None:
         if not g.blocked:
             return
         g.blocked = False
         for d in self._blocked_by_type.values():
-            d.pop(g.key, None)
+            d.pop(g, None)
         if g.queue:
-            self._ready[g.key] = g
+            self._ready[g] = g
             self._kick()
 
     def _node_up(self, n: SimNode) -> None:
@@ -580,24 +517,27 @@ class Simulation:
         if self._ready:
             self._kick()
 
-    def _place(self, d: Place, ids: dict[int, TaskInfo]) -> tuple[Any, ...]:
+    def _place(self, d: Place, ids: dict[int, TaskInfo]) -> _Pending:
         info = ids.pop(d.task, None)
         if info is None:
             what = "already placed in this round" if d.task in self._run else \
                 "not among the pending tasks it was given"
             raise PolicyError(f"policy {self.policy_name!r} placed task id {d.task} which is "
                               f"{what}")
+        g = self._group_of[info.id]
         n = self.state._nodes.get(d.node)
         elig = None
         if n is not None and n.state == "up":
-            elig = self.state.eligible_by_group(info).get(n.group)
+            for grp, vec, sp in g.elig:
+                if grp is n.group:
+                    elig = (vec, sp)
+                    break
         if elig is None or not _fits(n.free, elig[0]):  # type: ignore[union-attr]
             check_placement(self.policy, info, d.node, self.state)  # raises with the reason
             raise PolicyError(f"policy {self.policy_name!r} placed task {info.name!r} "
                               f"(id {info.id}) of kind {info.task_kind!r} on node {d.node!r} "
                               f"whose device runs it at speed 0")
-        g = self._group_of.pop(info.id)
-        key = g.key
+        del self._group_of[info.id]
         q = g.queue
         if q[0] is info:
             q.popleft()
@@ -605,7 +545,7 @@ class Simulation:
             q.remove(info)
         self.pending_count -= 1
         self._start(info, n, elig[0], elig[1])  # type: ignore[arg-type]
-        return key
+        return g
 
     def _start(self, info: TaskInfo, n: SimNode, vec: Any, speed: float) -> None:
         tid = info.id
@@ -671,14 +611,13 @@ class Simulation:
         info = self._infos[tid]
         g = self._groups[self._key(info)]
         self._group_of[tid] = g
-        key = g.key
         g.queue.appendleft(info)
         if len(g.queue) > 1 and g.queue[1].id < tid:
             g.queue = deque(sorted(g.queue, key=_by_id))
         self.pending_count += 1
         if g.blocked:
             return
-        self._ready[key] = g
+        self._ready[g] = g
         self._kick()
 
     def _fail(self, tid: int, err: BaseException, reason: str) -> None:

@@ -63,7 +63,7 @@ class _Group:
 
     __slots__ = ("spec", "names", "index", "total", "total_res", "accel", "labels", "buckets",
                  "keys", "req_cache", "res_cache", "cost", "nodes", "busy", "uptime", "model_of",
-                 "fit", "ver", "first_cache", "head_cache")
+                 "fit", "ver", "first_cache", "head_cache", "sub_cache", "add_cache")
 
     def __init__(self, spec: NodeSpec) -> None:
         self.spec = spec
@@ -80,6 +80,9 @@ class _Group:
         self.ver = 0  # bumped whenever a node enters or leaves a bucket
         self.first_cache: dict[tuple[ReqVec, str], tuple[int, Any]] = {}
         self.head_cache: dict[tuple[ReqVec, str], tuple[int, Any, Any]] = {}  # first_fitting
+        # free vector transitions already computed (and checked): (free, request) -> free
+        self.sub_cache: dict[tuple[tuple[float, ...], ReqVec], tuple[float, ...]] = {}
+        self.add_cache: dict[tuple[tuple[float, ...], ReqVec], tuple[float, ...]] = {}
         self.req_cache: dict[Resources, ReqVec | None] = {}
         self.res_cache: dict[tuple[float, ...], Resources] = {}
         self.cost = spec.hourly_cost
@@ -140,13 +143,45 @@ class _Group:
         key = node.free
         b = self.buckets[key]
         b.count -= 1
-        if b.count == 0:
-            del self.buckets[key]
+        if b.count == 0:  # kept (with its score) for reuse; every heap entry is stale now
+            b.heap.clear()
             entry = (b.score, key)
             del self.keys[bisect.bisect_left(self.keys, entry)]
             for vec, lst in self.fit.items():
                 if _fits(key, vec):
                     del lst[bisect.bisect_left(lst, entry)]
+
+    def move(self, node: SimNode, free: tuple[float, ...]) -> None:
+        """``remove``, set the node's free vector (new version, no NodeInfo), ``insert``
+        (the two inlined: this is the hot path of every start and finish)."""
+        self.ver += 2
+        key = node.free
+        buckets = self.buckets
+        b = buckets[key]
+        b.count -= 1
+        if b.count == 0:  # kept (with its score) for reuse; every heap entry is stale now
+            b.heap.clear()
+            entry = (b.score, key)
+            del self.keys[bisect.bisect_left(self.keys, entry)]
+            for vec, lst in self.fit.items():
+                if _fits(key, vec):
+                    del lst[bisect.bisect_left(lst, entry)]
+        node.free = free
+        ver = node.version = node.version + 1
+        node.info = None
+        b = buckets.get(free)
+        if b is None:
+            b = buckets[free] = _Bucket(self.score(free))
+        if b.count == 0:
+            entry = (b.score, free)
+            bisect.insort(self.keys, entry)
+            for vec, lst in self.fit.items():
+                if _fits(free, vec):
+                    bisect.insort(lst, entry)
+        b.count += 1
+        heapq.heappush(b.heap, (node.id, ver))
+        if len(b.heap) > 2 * b.count + 32:
+            self._compact(b)
 
     def _compact(self, b: _Bucket) -> None:
         nodes = self.nodes
@@ -195,6 +230,7 @@ class SimClusterState:
         self._running: dict[int, tuple[TaskInfo, str]] = {}
         self._eligible: dict[tuple[Any, ...], list[tuple[_Group, ReqVec, float]]] = {}
         self._eligible_map: dict[tuple[Any, ...], dict[_Group, tuple[ReqVec, float]]] = {}
+        self._eligible_id: dict[tuple[int, str | None, str], tuple[Any, Any]] = {}
         self.free_total: dict[str, float] = {}
         self.version = 0
         # tentative holds of the policy's Ledger within one schedule call (see _hold)
@@ -225,7 +261,12 @@ class SimClusterState:
 
     def eligible(self, task: TaskInfo) -> list[tuple[_Group, ReqVec, float]]:
         """Groups that could ever host ``task`` (resources, accelerator, speed > 0), cached."""
-        key = (task.request, task.accelerator_type, task.task_kind)
+        req = task.request
+        fast = (id(req), task.accelerator_type, task.kind or task.name)
+        c = self._eligible_id.get(fast)
+        if c is not None and c[0] is req:
+            return c[1]
+        key = (req, task.accelerator_type, task.task_kind)
         out = self._eligible.get(key)
         if out is None:
             out = []
@@ -240,6 +281,9 @@ class SimClusterState:
                     continue
                 out.append((g, vec, sp))
             self._eligible[key] = out
+        if len(self._eligible_id) > 4096:  # bounded: workloads with a request object per task
+            self._eligible_id.clear()
+        self._eligible_id[fast] = (req, out)  # holds ``req``, so its id is not reused
         return out
 
     def eligible_by_group(self, task: TaskInfo) -> dict[_Group, tuple[ReqVec, float]]:
@@ -252,8 +296,13 @@ class SimClusterState:
 
     def room(self, task: TaskInfo, cap: int) -> int:
         """How many copies of ``task`` the up nodes could host now (counting stops at ``cap``)."""
+        return self.room_in(self.eligible(task), cap)
+
+    @staticmethod
+    def room_in(elig: list[tuple[_Group, ReqVec, float]], cap: int) -> int:
+        """``room`` for a task whose ``eligible`` groups are ``elig``."""
         k = 0
-        for g, vec, _ in self.eligible(task):
+        for g, vec, _ in elig:
             buckets = g.buckets
             keys = g.fit[vec]
             for j in range(len(keys) - 1, -1, -1):  # emptiest first: reaches ``cap`` soonest
@@ -449,23 +498,27 @@ class SimClusterState:
     def allocate(self, task: TaskInfo, n: SimNode, vec: ReqVec) -> None:
         """Take ``task``'s request on node ``n`` (asserts capacity stays >= 0)."""
         g = n.group
-        up = n.state == "up"
-        if up:
-            g.remove(n)
-        free = list(n.free)
-        ft = self.free_total
         names = g.names
-        for i, a in vec:
-            v = round(free[i] - a, 9)
-            assert v >= -EPSILON, f"capacity of {names[i]} on {n.id} would go negative"
-            free[i] = v if v > 0 else 0.0
-            if up:
+        tk = (n.free, vec)
+        new = g.sub_cache.get(tk)
+        if new is None:  # first time this transition is seen: compute and check it
+            free = list(n.free)
+            for i, a in vec:
+                v = round(free[i] - a, 9)
+                assert v >= -EPSILON, f"capacity of {names[i]} on {n.id} would go negative"
+                free[i] = v if v > 0 else 0.0
+            if len(g.sub_cache) > 65536:  # bounded, for workloads with many distinct amounts
+                g.sub_cache.clear()
+            new = g.sub_cache[tk] = tuple(free)
+        if n.state == "up":
+            ft = self.free_total
+            for i, a in vec:
                 ft[names[i]] -= a
-        n.free = tuple(free)
-        n.version += 1
-        n.info = None
-        if up:
-            g.insert(n)
+            g.move(n, new)
+        else:
+            n.free = new
+            n.version += 1
+            n.info = None
         n.tasks[task.id] = None
         self._running[task.id] = (task, n.id)
         self.version += 1
@@ -473,24 +526,28 @@ class SimClusterState:
     def release(self, task_id: int, n: SimNode, vec: ReqVec) -> None:
         """Give back a task's resources on node ``n`` (asserts free never exceeds total)."""
         g = n.group
-        up = n.state == "up"
-        if up:
-            g.remove(n)
-        free = list(n.free)
-        tot = g.total
-        ft = self.free_total
         names = g.names
-        for i, a in vec:
-            v = round(free[i] + a, 9)
-            assert v <= tot[i] + EPSILON, f"free {names[i]} on {n.id} would exceed its total"
-            free[i] = v if v < tot[i] else tot[i]
-            if up:
+        tk = (n.free, vec)
+        new = g.add_cache.get(tk)
+        if new is None:  # first time this transition is seen: compute and check it
+            free = list(n.free)
+            tot = g.total
+            for i, a in vec:
+                v = round(free[i] + a, 9)
+                assert v <= tot[i] + EPSILON, f"free {names[i]} on {n.id} would exceed its total"
+                free[i] = v if v < tot[i] else tot[i]
+            if len(g.add_cache) > 65536:  # bounded, for workloads with many distinct amounts
+                g.add_cache.clear()
+            new = g.add_cache[tk] = tuple(free)
+        if n.state == "up":
+            ft = self.free_total
+            for i, a in vec:
                 ft[names[i]] += a
-        n.free = tuple(free)
-        n.version += 1
-        n.info = None
-        if up:
-            g.insert(n)
+            g.move(n, new)
+        else:
+            n.free = new
+            n.version += 1
+            n.info = None
         del n.tasks[task_id]
         del self._running[task_id]
         self.version += 1

@@ -135,8 +135,8 @@ class Ledger:
 
     def pick(self, task: TaskInfo, order: FitOrder = "id") -> NodeInfo | None:
         """The first node where ``task`` fits now (in ``order``), or None."""
-        shape = (task.request, task.accelerator_type)
-        if shape in self.blocked:
+        blocked = self.blocked
+        if blocked and (task.request, task.accelerator_type) in blocked:
             return None
         if self._first is not None:
             if self._deferred:
@@ -147,7 +147,7 @@ class Ledger:
         else:
             node = self._pick_generic(task, order)
         if node is None:
-            self.blocked.add(shape)
+            blocked.add((task.request, task.accelerator_type))
         return node
 
     def _pick_generic(self, task: TaskInfo, order: str) -> NodeInfo | None:

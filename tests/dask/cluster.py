@@ -68,9 +68,10 @@ class DaskCluster:
         port = free_port()
         log = self.workdir / "scheduler.log"
         cmd = [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1",
-               "--port", str(port), "--no-dashboard", "--no-show"]
-        self.scheduler = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log.open("wb"),
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+               "--port", str(port), "--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
+        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+            self.scheduler = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=out,
+                                              stderr=subprocess.STDOUT, start_new_session=True)
         self.pids.add(self.scheduler.pid)
         self.address = f"tcp://127.0.0.1:{port}"
         deadline = time.monotonic() + timeout
@@ -92,14 +93,16 @@ class DaskCluster:
         log = self.workdir / f"worker-{name}.log"
         cmd = [sys.executable, "-m", "dask", "worker", self.address, "--name", name,
                "--nthreads", str(nthreads), "--nworkers", "1", "--host", "127.0.0.1",
-               "--no-dashboard", "--death-timeout", "60", "--memory-limit", "2GiB",
+               "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--death-timeout", "60",
+               "--memory-limit", "2GiB",
                "--local-directory", str(self.workdir / f"w-{name}")]
         if res:
             cmd += ["--resources", ",".join(f"{k}={v:g}" for k, v in res.items())]
         if not nanny:
             cmd.append("--no-nanny")
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log.open("wb"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        with log.open("wb") as out:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.pids.add(proc.pid)
         wp = WorkerProc(name, nthreads, res, proc, log)
         self.workers[name] = wp

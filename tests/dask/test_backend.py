@@ -158,3 +158,28 @@ def test_connect_with_an_existing_client(procs):
         with runtime.init(client, **run_options()):
             assert runtime.get(add.remote(2, 3), timeout=60) == 5
         assert client.status == "running"
+
+
+def test_two_sessions_on_one_scheduler_do_not_share_keys(procs):
+    """Two drivers on one scheduler both number tasks from 1; keys carry a session token,
+    so the second session never gets the first one's result for the same id."""
+    from runtime.backends.base import TaskSpec
+    from runtime.backends.dask import make_backend
+    from runtime.resources import Resources
+
+    with runtime.init(procs.address, **run_options()):
+        first = add.remote(1, 2)
+        assert runtime.get(first, timeout=60) == 3
+        other = make_backend(procs.address, **run_options())
+        try:
+            spec = TaskSpec(_plus, (20, 22), {}, "add", {}, Resources({"CPU": 1}))
+            ref = other.submit(spec)
+            assert ref.id == first.id
+            assert other.get([ref], 60) == [42]
+        finally:
+            other.shutdown()
+        assert runtime.get(first, timeout=60) == 3
+
+
+def _plus(a, b):
+    return a + b

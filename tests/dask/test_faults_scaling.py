@@ -51,7 +51,8 @@ def test_sigkilled_worker_mid_task_is_retried(own_procs, tmp_path):
     path = str(tmp_path / "pid")
     ref = pid_then_sleep.options(max_retries=2).remote(path, 600)
     _wait_for(lambda: os.path.exists(path), what="the task to start")
-    pid = int(open(path).read())
+    with open(path) as f:
+        pid = int(f.read())
     assert pid == own_procs.worker_pid("cpu")
     own_procs.kill_worker_process("cpu")
     assert runtime.get(ref, timeout=90) == "second attempt on cpu"
@@ -108,7 +109,8 @@ def test_autoscaling_up_for_gpu_demand_and_down_when_idle(tmp_path):
     if runtime.is_initialized():
         runtime.shutdown()
     cluster = LocalCluster(n_workers=0, processes=True, host="127.0.0.1",
-                           dashboard_address=None, local_directory=str(tmp_path))
+                           dashboard_address=None, worker_dashboard_address="127.0.0.1:0",
+                           local_directory=str(tmp_path))
     try:
         node_types = [{"name": "cpu", "resources": {"CPU": 1}},
                       {"name": "gpu", "resources": {"CPU": 1, "GPU": 1},
@@ -130,3 +132,15 @@ def test_autoscaling_up_for_gpu_demand_and_down_when_idle(tmp_path):
     finally:
         runtime.shutdown()
         cluster.close(timeout=30)
+
+
+def test_losing_the_scheduler_fails_pending_refs_clearly(own_procs):
+    """When the scheduler goes away, pending refs raise ObjectLostError naming it; shutdown works."""
+    runtime.init(own_procs.address, **run_options())
+    ref = where.remote(30)
+    _wait_for(lambda: runtime.current_backend()._running, what="the task to start")
+    own_procs.stop()
+    with pytest.raises(runtime.ObjectLostError, match="connection to the dask scheduler"):
+        runtime.get(ref, timeout=30)
+    runtime.shutdown()
+    assert not runtime.is_initialized()

@@ -31,7 +31,7 @@ __all__ = ["TOPIC", "run_task", "create_actor", "call_actor", "drop_actor", "ski
 TOPIC = "nbcluster"
 
 _lock = threading.Lock()
-_current = threading.local()  # .task_id: the task this thread runs
+_current = threading.local()  # .task_id, .session: the task this thread runs, its driver
 _running: dict[int, int] = {}  # task id -> ident of the thread running it
 _SAFE_RESULTS = (type(None), bool, int, float, complex, str, bytes, bytearray)
 
@@ -40,6 +40,11 @@ def node_name(worker: Any) -> str:
     """The node id of a dask worker: its name when it has one, else its address."""
     name = worker.name
     return str(name) if name is not None else str(worker.address)
+
+
+def session() -> str:
+    """The driver session of the task running in this thread ("" outside tasks)."""
+    return getattr(_current, "session", None) or ""
 
 
 def worker_backend() -> Any:
@@ -190,21 +195,25 @@ def run_task(fn: Callable[..., Any], meta: tuple[Any, ...], args: tuple[Any, ...
              kwargs: dict[str, Any]) -> Any:
     """Run one task attempt on this worker (dask calls this; ``meta`` comes from the driver).
 
-    ``meta`` is ``(task id, name, retry_exceptions, max_retries, request dict)``.
+    ``meta`` is ``(task id, name, retry_exceptions, max_retries, request dict, session)``.
     """
     from distributed import get_worker
 
-    task_id, name, retry, max_retries, request = meta
+    task_id, name, retry, max_retries, request, session = meta
     worker = get_worker()
     node = node_name(worker)
     worker_backend()
     _defer_start(worker, {"e": "start", "t": task_id, "n": name, "w": node, "r": request})
+    outer = getattr(_current, "session", None)
+    _current.session = session
     try:
         result = _invoke(fn, args, kwargs, task_id=task_id, name=name, node=node,
                          worker=worker, retry=retry, max_retries=max_retries)
     except BaseException:
         _flush_start(worker, task_id)
         raise
+    finally:
+        _current.session = outer
     _end(worker, task_id, node)
     return result
 
@@ -317,38 +326,42 @@ class _ActorBox:
         self.cond.notify_all()
 
 
-_actors: dict[int, _ActorBox] = {}
+_actors: dict[tuple[str, int], _ActorBox] = {}
 
 
-def create_actor(actor_id: int, generation: int, name: str, cls: type, args: tuple[Any, ...],
-                 kwargs: dict[str, Any]) -> str:
+def create_actor(session: str, actor_id: int, generation: int, name: str, cls: type,
+                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """Construct the actor here; returns this worker's address (calls are pinned to it)."""
     from distributed import get_worker
 
     worker = get_worker()
     node = node_name(worker)
     backend = worker_backend()
+    outer = getattr(_current, "session", None)
+    _current.session = session
     try:
         instance = cls(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - user code
         raise _task_error(exc, f"{name}.__init__", actor_id, node) from None
-    _actors[actor_id] = _ActorBox(instance, generation, name)
+    finally:
+        _current.session = outer
+    _actors[(session, actor_id)] = _ActorBox(instance, generation, name)
     try:
-        backend.client.set_metadata([ACTOR_META, str(actor_id)],
+        backend.client.set_metadata([ACTOR_META, session, str(actor_id)],
                                     [str(worker.address), generation, name, None])
     except Exception:  # noqa: BLE001 - callers in other tasks then wait for the driver
         pass
     return str(worker.address)
 
 
-def call_actor(actor_id: int, generation: int, caller: str, seq: int, call_id: int,
-               method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def call_actor(session: str, actor_id: int, generation: int, caller: str, seq: int,
+               call_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run call ``seq`` of ``caller`` on an actor after that caller's earlier calls."""
     from distributed import get_worker
 
     worker = get_worker()
     node = node_name(worker)
-    box = _actors.get(actor_id)
+    box = _actors.get((session, actor_id))
     if box is None or box.generation != generation or box.dead:
         raise ActorDiedError(f"{actor_id}", "its instance is gone from this worker")
     name = f"{box.name}.{method}"
@@ -362,10 +375,13 @@ def call_actor(actor_id: int, generation: int, caller: str, seq: int, call_id: i
         box.busy = True
         box.running = (caller, seq)
     _log(worker, {"e": "start", "t": call_id, "n": name, "w": node, "r": {}})
+    outer = getattr(_current, "session", None)
+    _current.session = session
     try:
         result = _invoke(getattr(box.instance, method), args, kwargs, task_id=call_id, name=name,
                          node=node, worker=worker, retry=False, max_retries=0)
     finally:
+        _current.session = outer
         with box.cond:
             box.busy = False
             box.running = None
@@ -374,9 +390,10 @@ def call_actor(actor_id: int, generation: int, caller: str, seq: int, call_id: i
     return result
 
 
-def skip_actor_call(actor_id: int, generation: int, caller: str, seq: int) -> None:
+def skip_actor_call(session: str, actor_id: int, generation: int, caller: str,
+                    seq: int) -> None:
     """Let later calls pass a call that was cancelled before it ran."""
-    box = _actors.get(actor_id)
+    box = _actors.get((session, actor_id))
     if box is None or box.generation != generation:
         return
     with box.cond:
@@ -389,17 +406,12 @@ def skip_actor_call(actor_id: int, generation: int, caller: str, seq: int) -> No
             box.skipped.setdefault(caller, set()).add(seq)
 
 
-def drop_actor(actor_id: int) -> bool:
+def drop_actor(session: str, actor_id: int) -> bool:
     """Forget the actor's instance here (``kill``); waiting calls raise ``ActorDiedError``."""
-    box = _actors.pop(actor_id, None)
+    box = _actors.pop((session, actor_id), None)
     if box is None:
         return False
     with box.cond:
         box.dead = True
         box.cond.notify_all()
     return True
-
-
-def wall_time() -> float:
-    """This worker's wall clock (for tests of clock skew)."""
-    return time.time()

@@ -73,8 +73,9 @@ class ActorManager:
         args, kwargs = self.b._prepare_args(spec.name, spec.args, spec.kwargs)
         res = dask_resources(spec.request, spec.options.get("accelerator_type"))
         actor.create_fut = self.b.client.submit(
-            _remote.create_actor, actor.id, actor.generation, spec.name, spec.cls, args, kwargs,
-            key=f"{task_key(spec.name, actor.id)}-actor-g{actor.generation}", pure=False,
+            _remote.create_actor, self.b.session, actor.id, actor.generation, spec.name,
+            spec.cls, args, kwargs, pure=False,
+            key=f"{task_key(spec.name, actor.id, self.b.session)}-actor-g{actor.generation}",
             resources=res or None, retries=0)
         actor.addr = None
         actor.node = None
@@ -138,11 +139,12 @@ class ActorManager:
         seq = actor.next_seq
         actor.next_seq += 1
         task.actor[1:3] = [actor.generation, seq]
-        key = task_key(task.name, task.id)
+        key = task_key(task.name, task.id, self.b.session)
         if actor.generation:
             key += f"-g{actor.generation}"
         fut = self.b.client.submit(
-            _remote.call_actor, actor.id, actor.generation, "driver", seq, task.id, task.actor[3],
+            _remote.call_actor, self.b.session, actor.id, actor.generation, "driver", seq,
+            task.id, task.actor[3],
             task.args, task.kwargs, key=key, pure=False, workers=[actor.addr],
             allow_other_workers=False, retries=0)
         with self.b._lock:
@@ -158,7 +160,8 @@ class ActorManager:
             return
         actor.calls.pop(task.id, None)
         try:
-            self.b.client.run(_remote.skip_actor_call, actor.id, task.actor[1], "driver",
+            self.b.client.run(_remote.skip_actor_call, self.b.session, actor.id, task.actor[1],
+                              "driver",
                               task.actor[2],
                               workers=[actor.addr], on_error="ignore")
         except Exception:  # noqa: BLE001 - the worker is gone anyway
@@ -173,7 +176,7 @@ class ActorManager:
         self._ensure_ready(actor)
         if actor.addr is not None:
             try:
-                self.b.client.run(_remote.drop_actor, aid, workers=[actor.addr],
+                self.b.client.run(_remote.drop_actor, self.b.session, aid, workers=[actor.addr],
                                   on_error="ignore")
             except Exception:  # noqa: BLE001 - worker already gone
                 pass
@@ -186,7 +189,7 @@ class ActorManager:
         """Tell callers in other tasks where the actor lives (scheduler metadata)."""
         try:
             self.b.client.set_metadata(
-                [_remote.ACTOR_META, str(actor.id)],
+                [_remote.ACTOR_META, self.b.session, str(actor.id)],
                 [actor.addr, actor.generation, actor.name,
                  actor.dead.reason if actor.dead is not None else None])
         except Exception:  # noqa: BLE001 - scheduler gone
@@ -268,7 +271,8 @@ class ActorManager:
         for actor in self._actors.values():
             if actor.addr is not None and actor.dead is None:
                 try:
-                    self.b.client.run(_remote.drop_actor, actor.id, workers=[actor.addr],
+                    self.b.client.run(_remote.drop_actor, self.b.session, actor.id,
+                                      workers=[actor.addr],
                                       on_error="ignore")
                 except Exception:  # noqa: BLE001 - shutting down
                     pass

@@ -31,12 +31,10 @@ from distributed.client import _wait as _dask_wait
 from runtime.backends.base import ActorSpec, Backend, TaskSpec
 from runtime.backends.dask import _remote
 from runtime.backends.dask.common import (
-    ACCELERATOR_PREFIX,
     _Failed,
     _Task,
     dask_resources,
     task_key,
-    worker_shape,
 )
 from runtime.backends.dask.view import ClusterView
 from runtime.errors import (
@@ -91,6 +89,7 @@ class DaskBackend(ClusterView, Backend):
         self._orphans: dict[int, Future] = {}
         self._terminal: set[int] = set()  # tasks whose end was published
         self._closed = False
+        self.session = secrets.token_hex(4) if role == "driver" else ""
         if role == "worker":
             self._ids = itertools.count((secrets.randbits(40) << 20) + 1)
             self._caller = f"worker-{secrets.token_hex(6)}"
@@ -159,10 +158,14 @@ class DaskBackend(ClusterView, Backend):
                     self._tasks.pop(rid, None)
                     self._errors.pop(rid, None)
 
+    def _session(self) -> str:
+        """The driver session keys belong to (a worker takes it from the running task)."""
+        return self.session if self.role == "driver" else _remote.session()
+
     def _forget_keys(self, task: _Task | None) -> None:
         if task is None or self.role != "driver":
             return
-        key = task_key(task.name, task.id)
+        key = task_key(task.name, task.id, self.session)
         self._key_ids.pop(key, None)
         for n in range(1, task.extra + 1):
             self._key_ids.pop(f"{key}-r{n}", None)
@@ -173,7 +176,7 @@ class DaskBackend(ClusterView, Backend):
             fut = self._orphans.get(ref.id)
         if fut is None and ref.id not in self._tasks:
             # a ref made elsewhere (another worker, or inside a task): its key is derivable
-            key = task_key(ref.name, ref.id)
+            key = task_key(ref.name, ref.id, self._session())
             fut = Future(key, self.client)
             # ask the scheduler to report this key's state to our client
             self.client._send_to_scheduler({"op": "client-desires-keys", "keys": [key]})
@@ -235,8 +238,10 @@ class DaskBackend(ClusterView, Backend):
         return ref
 
     def _submit_to_dask(self, task: _Task, workers: list[str] | None = None) -> Future:
-        meta = (task.id, task.name, task.retry, task.max_retries, task.request.to_dict())
-        key = task_key(task.name, task.id)
+        session = self._session()
+        meta = (task.id, task.name, task.retry, task.max_retries, task.request.to_dict(),
+                session)
+        key = task_key(task.name, task.id, session)
         if task.extra:
             key = f"{key}-r{task.extra}"
         failed = [a.error for a in (*task.args, *task.kwargs.values()) if isinstance(a, _Failed)]
@@ -276,7 +281,7 @@ class DaskBackend(ClusterView, Backend):
         """Scatter ``value`` to a worker; returns its ref."""
         self._check_open()
         rid = self.next_id()
-        key = task_key("obj", rid)
+        key = task_key("obj", rid, self._session())
         with _remote.seceded():
             fut = self.client.scatter({key: value}, hash=False)[key]
         self._futs[rid] = fut
@@ -337,6 +342,11 @@ class DaskBackend(ClusterView, Backend):
         if fut is None:
             return RuntimeShutdownError(f"object {ref.id} is unknown to this cluster")
         if fut.status == "cancelled":
+            if self.client.status != "running" and not self._closed:
+                return ObjectLostError(
+                    f"object {ref.id} ({ref.name}) is lost: the connection to the dask "
+                    f"scheduler {self.client.scheduler.address} was lost (client status "
+                    f"{self.client.status}); reconnect with runtime.shutdown() and init()")
             return TaskCancelledError(ref.name or "?", ref.id)
         if fut.status == "lost":
             return ObjectLostError(f"object {ref.id} ({ref.name}) was lost with its worker")
@@ -477,17 +487,22 @@ class DaskBackend(ClusterView, Backend):
         """Whether the ref has a value or an error (never blocks)."""
         if ref.id in self._errors:
             return True
-        fut = self._futs.get(ref.id) or self._orphans.get(ref.id)
-        if fut is None and ref.id in self._tasks:
-            return False
-        if fut is None:
-            fut = self._future(ref)
-        return fut is not None and fut.done()
+        return self._settled(ref, self._current(ref))
 
     def add_done_callback(self, ref: ObjectRef, fn: Callable[[ObjectRef], None]) -> None:
         """Call ``fn(ref)`` once done, from a helper thread."""
         if self.done(ref):
             fn(ref)
+            return
+        fut = self._current(ref)
+        if fut is not None:
+            def on_done(_f: Future) -> None:  # in dask's callback thread
+                if self.done(ref) or self._closed:
+                    fn(ref)
+                else:  # replaced (a retry or an actor restart): follow the new attempt
+                    self.add_done_callback(ref, fn)
+
+            fut.add_done_callback(on_done)
             return
 
         def watch() -> None:
@@ -550,7 +565,8 @@ class DaskBackend(ClusterView, Backend):
         deadline = time.monotonic() + 60
         with _remote.seceded():
             while meta is None or meta[0] is None and meta[3] is None:
-                meta = self.client.get_metadata([_remote.ACTOR_META, str(actor_id)], None)
+                meta = self.client.get_metadata(
+                    [_remote.ACTOR_META, self._session(), str(actor_id)], None)
                 if meta is not None and (meta[0] is not None or meta[3] is not None):
                     break
                 if time.monotonic() > deadline:
@@ -568,8 +584,8 @@ class DaskBackend(ClusterView, Backend):
             seq = self._actor_seq[(actor_id, gen)]
             self._actor_seq[(actor_id, gen)] = seq + 1
         self._futs[cid] = self.client.submit(
-            _remote.call_actor, actor_id, gen, self._caller, seq, cid, method, args2, kwargs2,
-            key=task_key(name, cid), pure=False, workers=[addr], allow_other_workers=False,
+            _remote.call_actor, self._session(), actor_id, gen, self._caller, seq, cid, method,
+            args2, kwargs2, key=task_key(name, cid, self._session()), pure=False, workers=[addr], allow_other_workers=False,
             retries=0)
         return ref
 

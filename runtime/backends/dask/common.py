@@ -19,9 +19,14 @@ ACCELERATOR_AMOUNT = 0.001
 _KEY_SAFE = re.compile(r"[^A-Za-z0-9_.<>]+")
 
 
-def task_key(name: str, ref_id: int) -> str:
-    """The dask key of the task or object with this id (derivable on any worker)."""
-    return f"{_KEY_SAFE.sub('_', name) or 'obj'}-{ref_id}"
+def task_key(name: str, ref_id: int, session: str = "") -> str:
+    """The dask key of a task or object: name, id and the driver session.
+
+    The session (a random token per driver ``init``) keeps two sessions on one
+    long-lived scheduler from sharing keys; any process can derive the key from a
+    ref's name and id inside a task of that session.
+    """
+    return f"{_KEY_SAFE.sub('_', name) or 'obj'}-{ref_id}-{session}"
 
 
 def worker_shape(info: Mapping[str, Any]) -> tuple[str, str, Resources, dict[str, str]]:

@@ -1,0 +1,206 @@
+"""The simulator's fast paths decide exactly what the general paths decide.
+
+``SimClusterState.first_fitting`` (the head of ``fitting``), the Ledger's hold
+hooks on ``SimClusterState``, the engine's per-shape queues for policies that
+declare ``greedy_by_shape`` and the engine's bare heap callbacks.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from runtime.errors import PolicyError
+from runtime.policies import BestFit
+from runtime.policies.base import Place, TaskInfo
+from runtime.policies.ledger import Ledger
+from runtime.resources import Resources
+from simulator.cluster import ClusterConfig, bench_cluster
+from simulator.devices import DEVICES
+from simulator.engine import Core, Simulation
+from simulator.nodes import NodeSpec
+from simulator.state import SimClusterState
+from simulator.workloads.arrivals import JobMix
+from simulator.workloads.base import Exp, Shape
+
+pytestmark = pytest.mark.timeout(60)
+
+SHAPES = [Resources({"CPU": 1}), Resources({"CPU": 4}), Resources({"CPU": 1, "GPU": 1}),
+          Resources({"CPU": 2, "GPU": 2}), Resources({"CPU": 1, "TPU": 1}),
+          Resources({"CPU": 40})]
+
+
+def _state(nodes: int = 60) -> SimClusterState:
+    cl = bench_cluster(nodes)
+    st = SimClusterState(list(cl.node_specs))
+    for spec in cl.node_specs:
+        for i in range(spec.count):
+            st.add_node(f"{spec.name}-{i:06d}", spec, "up", 0.0)
+    return st
+
+
+def _snapshot(st: SimClusterState) -> tuple:
+    return (sorted((n.id, n.free) for n in st.all_nodes().values()),
+            sorted(st.free_total.items()))
+
+
+def test_first_fitting_is_the_head_of_fitting_in_every_order() -> None:
+    """On random fill levels, first_fitting equals next(fitting()) for each order and shape."""
+    rng = random.Random(7)
+    st = _state()
+    running: list[tuple[TaskInfo, str]] = []
+    tid = 0
+    for step in range(400):
+        req = rng.choice(SHAPES)
+        accel = rng.choice([None, None, "A100"]) if "GPU" in req else None
+        task = TaskInfo(tid, "t", req, accelerator_type=accel)
+        tid += 1
+        for order in ("id", "tightest", "loosest"):
+            want = next(iter(st.fitting(task, order)), None)  # type: ignore[arg-type]
+            got = st.first_fitting(task, order)  # type: ignore[arg-type]
+            assert (got.id if got else None) == (want.id if want else None), (step, order, req)
+        node = st.first_fitting(task, rng.choice(["id", "tightest", "loosest"]))  # type: ignore[arg-type]
+        if node is not None and rng.random() < 0.7:
+            n = st.sim_node(node.id)
+            st.allocate(task, n, n.group.reqvec(req))
+            running.append((task, node.id))
+        if running and rng.random() < 0.3:
+            done, nid = running.pop(rng.randrange(len(running)))
+            n = st.sim_node(nid)
+            st.release(done.id, n, n.group.reqvec(done.request))
+    with pytest.raises(ValueError, match="order="):
+        st.first_fitting(TaskInfo(0, "t", SHAPES[0]), "best")  # type: ignore[arg-type]
+
+
+def test_ledger_holds_on_the_sim_state_and_restores_it_exactly() -> None:
+    """The Ledger uses SimClusterState's hooks: holds show within the call, vanish after."""
+    st = _state(10)
+    before = _snapshot(st)
+    big = TaskInfo(1, "t", Resources({"CPU": 20}))
+    with Ledger(st) as ledger:
+        assert ledger.holds and not ledger.native
+        placed = [ledger.place(TaskInfo(i, "t", big.request), "tightest") for i in range(40)]
+        # 20 of 32 CPUs per CPU/A100/H100 node: one such task per node, none on 16-CPU nodes
+        hosts = [p.node for p in placed if p is not None]
+        assert len(hosts) == len(set(hosts)) == 2 + 2 + 2
+        assert st._undo
+    assert st._undo is None
+    assert _snapshot(st) == before
+
+
+def test_a_hold_beyond_free_capacity_clamps_at_zero_and_rolls_back() -> None:
+    """A tentative hold never makes capacity negative; rollback restores the exact vector."""
+    st = _state(5)
+    nid = "cpu-000000"
+    before = _snapshot(st)
+    info = st._hold(nid, Resources({"CPU": 100}))
+    assert info.free.get("CPU", 0.0) == 0.0
+    assert all(v >= 0 for v in st.sim_node(nid).free)
+    st._rollback()
+    assert _snapshot(st) == before and st._undo is None
+
+
+class _Plain:
+    """BestFit without the greedy_by_shape declaration (the engine keeps per-tenant queues)."""
+
+    name = "best_fit_plain"
+
+    def __init__(self) -> None:
+        self.inner = BestFit()
+
+    def schedule(self, pending, cluster):  # noqa: ANN001, ANN201
+        return self.inner.schedule(pending, cluster)
+
+
+def _saturated(policy: object, seed: int = 3) -> Simulation:
+    cluster = ClusterConfig([
+        NodeSpec("cpu", cpus=8, count=3),
+        NodeSpec("v100", DEVICES["V100"], 2, cpus=8, count=2),
+        NodeSpec("tpu", DEVICES["TPUv4"], 4, cpus=8, count=1),
+    ], name="sat")
+    shapes = [Shape(Resources({"CPU": 1}), "c", Exp(20.0), weight=3.0),
+              Shape(Resources({"CPU": 2, "GPU": 1}), "g", Exp(30.0)),
+              Shape(Resources({"CPU": 1, "TPU": 2}), "t", Exp(25.0))]
+    wl = JobMix(1500, 2.0, shapes, tenants={"a": 1.0, "b": 2.0, "c": 1.0})
+    return Simulation(cluster, wl, policy=policy, seed=seed, failures=False).run()
+
+
+def test_shape_queues_give_the_same_trace_as_per_tenant_queues() -> None:
+    """best_fit (greedy by shape) and the same policy without the flag: identical traces."""
+    fast = _saturated("best_fit")
+    plain = _saturated(_Plain())
+    assert fast._by_shape and not plain._by_shape
+    assert fast.metrics()["wait_mean"] > 10  # a real queue built up
+    assert fast.metrics()["finished"] == 1500
+    assert fast.digest() == plain.digest()
+    assert BestFit(strict=True).greedy_by_shape is False
+
+
+class _HoldsAndOvershoots:
+    """A user policy: holds through the hooks without a Ledger, then places too much."""
+
+    name = "overshoot"
+
+    def schedule(self, pending, cluster):  # noqa: ANN001, ANN201
+        node = "cpu-000000"
+        cluster._hold(node, pending[0].request)  # left held on purpose
+        return [Place(t.id, node) for t in pending]
+
+
+def test_stray_holds_are_undone_and_over_capacity_is_still_caught() -> None:
+    """Leftover holds are rolled back; a placement over capacity raises naming the policy."""
+    cluster = ClusterConfig([NodeSpec("cpu", cpus=2, count=1)], name="tiny")
+    wl = JobMix(10, 100.0, [Shape(Resources({"CPU": 1}), "c", Exp(50.0))], burst_size=10)
+    sim = Simulation(cluster, wl, policy=_HoldsAndOvershoots(), seed=0, failures=False,
+                     window=None)
+    with pytest.raises(PolicyError, match="overshoot.*over capacity"):
+        sim.run()
+    assert sim.state._undo is None
+    assert all(v >= 0 for v in sim.state.sim_node("cpu-000000").free)
+
+
+def test_core_runs_bare_callbacks_beside_simpy_events() -> None:
+    """Core.step (simpy's run) handles the engine's bare callbacks and ordinary events."""
+    env = Core()
+    seen: list[tuple[str, float]] = []
+
+    def proc():  # noqa: ANN202
+        yield env.timeout(2.0)
+        seen.append(("proc", env.now))
+
+    env.process(proc())
+    env.call_in(1.0, lambda ev: seen.append(("call", env.now)))
+    from heapq import heappush
+
+    heappush(env._queue, (1.5, 1, next(env._eid), lambda x: seen.append((x, env.now)), ("bare",)))
+    env.run()
+    assert seen == [("call", 1.0), ("bare", 1.5), ("proc", 2.0)]
+
+
+def test_run_pauses_the_garbage_collector_and_restores_it() -> None:
+    """gc is off during run() (pause_gc=True) and back on afterwards; bad values refused."""
+    import gc
+
+    seen: list[bool] = []
+
+    class Probe:
+        name = "probe"
+
+        def __init__(self) -> None:
+            self.inner = BestFit()
+
+        def schedule(self, pending, cluster):  # noqa: ANN001, ANN201
+            seen.append(gc.isenabled())
+            return self.inner.schedule(pending, cluster)
+
+    cluster = ClusterConfig([NodeSpec("cpu", cpus=2, count=1)], name="tiny")
+    wl = JobMix(5, 1.0, [Shape(Resources({"CPU": 1}), "c", Exp(1.0))])
+    assert gc.isenabled()
+    Simulation(cluster, wl, policy=Probe(), failures=False).run()
+    assert seen and not any(seen) and gc.isenabled()
+    seen.clear()
+    Simulation(cluster, wl, policy=Probe(), failures=False, pause_gc=False).run()
+    assert seen and all(seen)
+    with pytest.raises(TypeError, match="pause_gc"):
+        Simulation(cluster, wl, pause_gc="yes")  # type: ignore[arg-type]
