@@ -71,8 +71,8 @@ def main() -> None:
         try:
             rt.get(fails.remote())
         except ValueError as err:
-            print("remote error kept its type:", type(err).__mro__[1].__name__,
-                  "-", str(err).splitlines()[0])
+            print(f"remote error is still a ValueError ({isinstance(err, ValueError)}): "
+                  f"{str(err).splitlines()[0]}")
         ready, rest = rt.wait([square.remote(i) for i in range(6)], num_returns=3)
         print(f"wait: {len(ready)} ready, {len(rest)} not yet")
         print()

@@ -252,6 +252,7 @@ class Simulation:
         n = self.state.add_node(nid, spec, state, self.now)  # type: ignore[arg-type]
         ix = self.trace.add_node(nid)
         self._node_ix[nid] = ix
+        n.ix = ix
         self._emit(K.NODE_ADDED, -1, ix, self.trace.note(
             {"node_type": type_name, "total": spec.resources.to_dict(), "labels": spec.labels,
              "state": state}))
@@ -557,7 +558,14 @@ class Simulation:
             self._first_start[tid] = now
         self._run[tid] = _Run(n, vec, attempt, now, speed)
         self._progress_at = now
-        self._emit(K.STARTED, tid, self._node_ix[n.id], attempt)
+        tr = self.trace  # _emit(K.STARTED, ...), inlined
+        tr.time.append(now)
+        tr.kind.append(K.STARTED)
+        tr.task.append(tid)
+        tr.node.append(n.ix)
+        tr.aux.append(attempt)
+        if self.events._subs:
+            self.events.publish(tr.event(len(tr.time) - 1))
         t = self._tasks[tid]
         dur = t.duration
         if t.shots:
@@ -591,7 +599,14 @@ class Simulation:
             return  # a stale finish of an attempt that was stopped
         self._stop(tid)
         n = run.node
-        self._emit(K.FINISHED, tid, self._node_ix[n.id], attempt)
+        tr = self.trace  # _emit(K.FINISHED, ...), inlined
+        tr.time.append(self.env._now)
+        tr.kind.append(K.FINISHED)
+        tr.task.append(tid)
+        tr.node.append(n.ix)
+        tr.aux.append(attempt)
+        if self.events._subs:
+            self.events.publish(tr.event(len(tr.time) - 1))
         self._leave(tid, True, self.env._now - run.start)
         if n.draining_to_remove and not n.tasks:
             self.remove_node(n, "scaled down")

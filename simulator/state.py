@@ -40,7 +40,7 @@ class SimNode:
     """One simulated node (mutable, engine-owned)."""
 
     __slots__ = ("id", "spec", "group", "free", "state", "version", "info", "tasks",
-                 "up_since", "added_at", "draining_to_remove", "in_window")
+                 "up_since", "added_at", "draining_to_remove", "in_window", "ix")
 
     def __init__(self, node_id: str, spec: NodeSpec, group: _Group, state: NodeState,
                  now: float) -> None:
@@ -56,6 +56,7 @@ class SimNode:
         self.added_at = now
         self.draining_to_remove = False
         self.in_window = False
+        self.ix = -1  # the engine's trace index for this node
 
 
 class _Group:

@@ -187,10 +187,19 @@ class Ledger:
         return None if node is None else self.take(task, node.id)
 
 
+_HOOKS: dict[type, bool] = {}  # per ClusterState class: does it implement the hold hooks?
+
+
 def _has_hooks(cluster: object) -> bool:
     """Whether ``cluster`` implements the ledger's hold hooks and holds nothing now."""
-    return getattr(cluster, "_undo", 0) is None and callable(getattr(cluster, "_hold", None)) \
-        and callable(getattr(cluster, "_rollback", None))
+    if getattr(cluster, "_undo", 0) is not None:
+        return False
+    cls = type(cluster)
+    has = _HOOKS.get(cls)
+    if has is None:
+        has = _HOOKS[cls] = callable(getattr(cluster, "_hold", None)) and \
+            callable(getattr(cluster, "_rollback", None))
+    return has
 
 
 class _Cursor:

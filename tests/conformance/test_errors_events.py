@@ -97,7 +97,6 @@ def test_get_raises_first_error_in_order(cluster):
                      boom.remote()], timeout=60)
 
 
-@pytest.mark.requires("processes")
 def test_unpicklable_argument_fails_at_submit(cluster):
     """RELIABILITY 10: a lock argument fails at submit, naming the argument and its type."""
     with pytest.raises(runtime.SerializationError) as info:
@@ -107,7 +106,6 @@ def test_unpicklable_argument_fails_at_submit(cluster):
         add.remote(i for i in range(3))
 
 
-@pytest.mark.requires("processes")
 def test_unpicklable_return_fails_only_that_task(cluster):
     """RELIABILITY 10: an unpicklable return value fails that task; the worker lives on."""
     with pytest.raises(runtime.SerializationError, match="returns_lock|lock"):
