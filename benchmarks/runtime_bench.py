@@ -69,46 +69,55 @@ def _timeit(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t
 
 
-def bench_local(n: dict[str, int]) -> dict[str, float]:
-    """Every figure for the local backend."""
+def _ray_style(api: Any, out: dict[str, float], n: dict[str, int]) -> Any:
+    """The figures after startup, for any module with Ray's API (``runtime`` or ``ray``).
+
+    ``out["startup"]`` must already be set; returns the actor handle (still alive).
+    """
     import numpy as np
 
+    f = api.remote(noop)
+    lat = []
+    for _ in range(n["latency"]):
+        t = time.perf_counter()
+        api.get(f.remote())
+        lat.append(time.perf_counter() - t)
+    out["lat_p50"] = statistics.median(lat)
+    out["lat_p95"] = statistics.quantiles(lat, n=20)[18]
+    out["throughput"] = n["tasks"] / _timeit(lambda: api.get([f.remote() for _ in
+                                                               range(n["tasks"])]))
+    g = api.remote(inc)
+
+    def chain() -> None:
+        r = g.remote(0)
+        for _ in range(n["chain"] - 1):
+            r = g.remote(r)
+        assert api.get(r) == n["chain"]
+
+    out["chain_step"] = _timeit(chain) / n["chain"]
+    c = api.remote(Counter).remote()
+    api.get(c.add.remote())
+    out["actor"] = n["actor"] / _timeit(lambda: api.get([c.add.remote()
+                                                         for _ in range(n["actor"])]))
+    arr = np.ones(10 * 2**20, dtype=np.uint8)
+    h = api.remote(nbytes)
+    api.get(h.remote(api.put(arr[:10])))
+    out["array"] = statistics.median(
+        [_timeit(lambda: api.get(h.remote(api.put(arr)))) for _ in range(n["array"])])
+    return c
+
+
+def bench_local(n: dict[str, int]) -> dict[str, float]:
+    """Every figure for the local backend."""
     import runtime as rt
 
     out: dict[str, float] = {}
     t0 = time.perf_counter()
     rt.init(num_cpus=2)
-    f = rt.remote(noop)
-    rt.get(f.remote())
+    rt.get(rt.remote(noop).remote())
     out["startup"] = time.perf_counter() - t0
     try:
-        lat = []
-        for _ in range(n["latency"]):
-            t = time.perf_counter()
-            rt.get(f.remote())
-            lat.append(time.perf_counter() - t)
-        out["lat_p50"] = statistics.median(lat)
-        out["lat_p95"] = statistics.quantiles(lat, n=20)[18]
-        out["throughput"] = n["tasks"] / _timeit(lambda: rt.get([f.remote() for _ in
-                                                                  range(n["tasks"])]))
-        g = rt.remote(inc)
-
-        def chain() -> None:
-            r = g.remote(0)
-            for _ in range(n["chain"] - 1):
-                r = g.remote(r)
-            assert rt.get(r) == n["chain"]
-
-        out["chain_step"] = _timeit(chain) / n["chain"]
-        c = rt.remote(Counter).remote()
-        rt.get(c.add.remote())
-        out["actor"] = n["actor"] / _timeit(lambda: rt.get([c.add.remote()
-                                                            for _ in range(n["actor"])]))
-        arr = np.ones(10 * 2**20, dtype=np.uint8)
-        h = rt.remote(nbytes)
-        rt.get(h.remote(rt.put(arr[:10])))
-        times = [_timeit(lambda: rt.get(h.remote(rt.put(arr)))) for _ in range(n["array"])]
-        out["array"] = statistics.median(times)
+        c = _ray_style(rt, out, n)
         rt.kill(c)
         time.sleep(0.5)
         out["idle_mb"] = _rss_mb(rt.current_backend().worker_pids())
@@ -194,7 +203,6 @@ def bench_dask(n: dict[str, int]) -> dict[str, float]:
 
 def bench_ray(n: dict[str, int]) -> dict[str, float]:
     """The same figures for Ray (``ray.init(num_cpus=2)``, local, no dashboard)."""
-    import numpy as np
     import psutil
     import ray
 
@@ -204,35 +212,9 @@ def bench_ray(n: dict[str, int]) -> dict[str, float]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False, _node_ip_address="127.0.0.1")
     try:
-        f = ray.remote(noop)
-        ray.get(f.remote())
+        ray.get(ray.remote(noop).remote())
         out["startup"] = time.perf_counter() - t0
-        lat = []
-        for _ in range(n["latency"]):
-            t = time.perf_counter()
-            ray.get(f.remote())
-            lat.append(time.perf_counter() - t)
-        out["lat_p50"] = statistics.median(lat)
-        out["lat_p95"] = statistics.quantiles(lat, n=20)[18]
-        out["throughput"] = n["tasks"] / _timeit(lambda: ray.get([f.remote() for _ in
-                                                                   range(n["tasks"])]))
-        g = ray.remote(inc)
-
-        def chain() -> None:
-            r = g.remote(0)
-            for _ in range(n["chain"] - 1):
-                r = g.remote(r)
-            assert ray.get(r) == n["chain"]
-
-        out["chain_step"] = _timeit(chain) / n["chain"]
-        c = ray.remote(Counter).remote()
-        ray.get(c.add.remote())
-        out["actor"] = n["actor"] / _timeit(lambda: ray.get([c.add.remote()
-                                                             for _ in range(n["actor"])]))
-        arr = np.ones(10 * 2**20, dtype=np.uint8)
-        h = ray.remote(nbytes)
-        out["array"] = statistics.median(
-            [_timeit(lambda: ray.get(h.remote(ray.put(arr)))) for _ in range(n["array"])])
+        c = _ray_style(ray, out, n)
         ray.kill(c)
         time.sleep(0.5)
         now = {p.pid for p in psutil.Process().children(recursive=True)}

@@ -487,10 +487,10 @@ class Simulation:
         again = False
         for g in groups:
             if g.queue:
-                if g.shown > 0:
-                    self._block(g)  # some of what it was shown stayed pending: wait for capacity
+                if g.shown > 0 or room(g.elig, 1) <= 0:  # type: ignore[arg-type]
+                    self._block(g)  # (some of) what it was shown stayed pending, or no room left
                 else:
-                    again = True  # everything shown was placed and more waits
+                    again = True  # everything shown was placed, more waits and might fit
         if again:
             self._kick()
 

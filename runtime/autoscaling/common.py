@@ -265,3 +265,21 @@ def start_bins(snap: Snapshot, inflight: Mapping[str, int],
         if nt is not None:
             bins.extend(Bin(name, nt.accelerator_type, dict(nt.resources)) for _ in range(k))
     return bins
+
+
+def owed_and_room(snap: Snapshot, inflight: Mapping[str, int],
+                  node_types: Mapping[str, NodeType]
+                  ) -> tuple[dict[str, int], list[str], dict[str, int]]:
+    """Nodes owed to reach each type's ``min_count`` (with reasons), and the room
+    left under each ``max_count`` after those, counting nodes already in flight."""
+    add: dict[str, int] = {}
+    why: list[str] = []
+    for name, nt in sorted(node_types.items()):
+        have = snap.count(name) + inflight.get(name, 0)
+        if have < nt.min_count:
+            add[name] = nt.min_count - have
+            why.append(f"{name}: up to min_count {nt.min_count}")
+    room = {name: max(0, nt.max_count - snap.count(name) - inflight.get(name, 0)
+                      - add.get(name, 0))
+            for name, nt in node_types.items()}
+    return add, why, room

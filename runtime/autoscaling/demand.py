@@ -18,6 +18,7 @@ from runtime.autoscaling.common import (
     Launches,
     Snapshot,
     check_number,
+    owed_and_room,
     pack,
     snapshot,
     start_bins,
@@ -56,17 +57,8 @@ class DemandAutoscaler:
         """Nodes to add for unmet demand and idle nodes to remove, at ``cluster.now``."""
         snap = snapshot(cluster, self._tracker)
         inflight = self.launches.in_flight(snap)
-        add: dict[str, int] = {}
-        why: list[str] = []
         # min_count first: those nodes are owed regardless of demand
-        for name, nt in sorted(node_types.items()):
-            have = snap.count(name) + inflight.get(name, 0)
-            if have < nt.min_count:
-                add[name] = nt.min_count - have
-                why.append(f"{name}: up to min_count {nt.min_count}")
-        room = {name: max(0, nt.max_count - snap.count(name) - inflight.get(name, 0)
-                          - add.get(name, 0))
-                for name, nt in node_types.items()}
+        add, why, room = owed_and_room(snap, inflight, node_types)
         bins = start_bins(snap, inflight, node_types)
         for name, k in add.items():
             bins.extend(start_bins(Snapshot(snap.now, {}, [], []), {name: k}, node_types))

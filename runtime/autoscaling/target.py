@@ -23,6 +23,7 @@ from runtime.autoscaling.common import (
     IdleTracker,
     Launches,
     check_number,
+    owed_and_room,
     pack,
     snapshot,
     start_bins,
@@ -57,15 +58,7 @@ class TargetUtilization:
         snap = snapshot(cluster, self._tracker)
         inflight = self.launches.in_flight(snap)
         now = snap.now
-        why: list[str] = []
-        add: dict[str, int] = {}
-        for name, nt in sorted(node_types.items()):
-            have = snap.count(name) + inflight.get(name, 0)
-            if have < nt.min_count:
-                add[name] = nt.min_count - have
-                why.append(f"{name}: up to min_count {nt.min_count}")
-        room = {name: max(0, nt.max_count - snap.count(name) - inflight.get(name, 0)
-                          - add.get(name, 0)) for name, nt in node_types.items()}
+        add, why, room = owed_and_room(snap, inflight, node_types)
         # shapes no present node could host: pack them like the demand autoscaler
         hosts = snap.hosts
         odd = [t for t in unmet if t.request and not any(
