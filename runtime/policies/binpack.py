@@ -16,10 +16,11 @@ class _Greedy(FirstFit):
 
     @property
     def greedy_by_shape(self) -> bool:
-        """True (unless ``strict``): tasks are placed greedily in ``(submitted_at, id)``
-        order and where one goes depends only on its shape and earlier placements, so a
-        backend may batch pending tasks of one shape (see ``simulator.engine``)."""
-        return not self.strict
+        """True (unless ``strict``, or a subclass overrides ``schedule``): tasks are placed
+        greedily in ``(submitted_at, id)`` order and where one goes depends only on its
+        shape and earlier placements, so a backend may batch pending tasks of one shape
+        (see ``simulator.engine``)."""
+        return not self.strict and type(self).schedule is FirstFit.schedule
 
 __all__ = ["BestFit", "Spread"]
 

@@ -204,3 +204,37 @@ def test_run_pauses_the_garbage_collector_and_restores_it() -> None:
     assert seen and all(seen)
     with pytest.raises(TypeError, match="pause_gc"):
         Simulation(cluster, wl, pause_gc="yes")  # type: ignore[arg-type]
+
+
+def test_only_plain_greedy_policies_declare_greedy_by_shape() -> None:
+    """best_fit/spread declare it; strict mode or an overridden schedule() does not."""
+    from runtime.policies import Spread, get_policy
+
+    assert get_policy("best_fit").greedy_by_shape is True
+    assert Spread().greedy_by_shape is True
+    assert Spread(strict=True).greedy_by_shape is False
+
+    class Custom(BestFit):
+        def schedule(self, pending, cluster):  # noqa: ANN001, ANN201
+            return super().schedule(pending, cluster)
+
+    assert Custom().greedy_by_shape is False
+    assert not hasattr(get_policy("drf"), "greedy_by_shape")
+
+
+def test_best_fit_digest_is_the_same_in_another_process() -> None:
+    """The fast paths keep one seed -> one trace across processes and hash seeds."""
+    import os
+    import subprocess
+    import sys
+
+    want = _saturated("best_fit", seed=5).digest()
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = ("import sys; sys.path.insert(0, 'tests/simulator'); import test_fast_paths as t; "
+            "print(t._saturated('best_fit', seed=5).digest())")
+    env = dict(os.environ, PYTHONHASHSEED="4242", PYTHONPATH=root)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=60, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == want
+    assert _saturated("best_fit", seed=6).digest() != want
