@@ -215,11 +215,11 @@ def infeasible_message(
     if not shapes:
         return f"{who}requests {format_resources(req)} but {what} has no nodes"
     if accelerator_type is not None:
-        models = sorted({lb.get(ACCELERATOR_LABEL) or "none" for _, _, lb in shapes})
+        models = sorted({lb.get(ACCELERATOR_LABEL) or "(no accelerator)" for _, _, lb in shapes})
         with_acc = [s for s in shapes if s[2].get(ACCELERATOR_LABEL) == accelerator_type]
         if not with_acc:
-            return (f"{who}requests accelerator_type={accelerator_type!r} but {what} has "
-                    f"only {', '.join(models)}")
+            return (f"{who}requests accelerator_type={accelerator_type!r} but no node in {what} "
+                    f"has it; accelerator types there: {', '.join(models)}")
         shapes = with_acc
     # name the first resource no shape has enough of
     for rname, amount in req.items():

@@ -15,6 +15,7 @@ class FirstFit:
 
     Tasks that fit nowhere stay pending; later, smaller tasks may still start
     (no head-of-line blocking; use ``strict=True`` for strict FIFO).
+    Subclasses change only ``order`` (the node order of :meth:`Ledger.place`).
     """
 
     name = "fifo"
@@ -24,6 +25,14 @@ class FirstFit:
         if not isinstance(strict, bool):
             raise TypeError(f"{type(self).__name__}: strict must be True or False, got {strict!r}")
         self.strict = strict
+
+    @property
+    def greedy_by_shape(self) -> bool:
+        """True unless ``strict`` or a subclass overrides ``schedule``: tasks are placed
+        greedily in ``(submitted_at, id)`` order and where one goes depends only on its
+        shape and earlier placements, so a backend may batch pending tasks of one shape
+        (see ``simulator.engine``)."""
+        return not self.strict and type(self).schedule is FirstFit.schedule
 
     def schedule(self, pending: Sequence[TaskInfo], cluster: ClusterState) -> Iterable[Decision]:
         """Return a placement for each task that fits somewhere now."""

@@ -6,9 +6,11 @@ Our CSV columns (header row required; only ``submit_time`` and ``duration`` or
 ==============  ===========================================================
 column          meaning
 ==============  ===========================================================
-submit_time     arrival, seconds (any origin: shifted so the first is 0)
+submit_time     arrival: seconds (any origin: shifted so the first is 0) or a timestamp
 duration        run time in seconds on a reference device (or give end_time)
-end_time        end, seconds (duration = end_time - submit_time)
+start_time      run start, seconds or a timestamp (with end_time: duration = end - start)
+end_time        end, seconds or a timestamp (duration = end_time - start_time, or
+                end_time - submit_time without a start_time)
 num_cpus        CPU cores (default 1)
 num_gpus        GPUs (default 0; fractions allowed)
 resources       other resources, ``TPU=1;QPU=1``
@@ -19,6 +21,11 @@ priority        integer (default 0)
 job_id          jobs with several tasks share it (default: the row)
 deadline        SLO seconds after submit (empty: none)
 ==============  ===========================================================
+
+Time columns (``submit_time``, ``start_time``, ``end_time``) take numbers or
+ISO-8601-like timestamps (``2017-10-03 06:33:24``, ``2017-10-03T06:33:24Z``,
+``...+02:00``); a timestamp without a zone is read as UTC, so replay never depends
+on the machine's time zone. ``None``, ``null``, ``NA`` or an empty cell is missing.
 
 Other formats are read through a :class:`TraceFormat` that maps our column names
 to theirs, with scale factors (``PHILLY`` and ``ALIBABA_PAI`` are given for the
@@ -32,6 +39,7 @@ import csv
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from runtime.resources import Resources
@@ -40,7 +48,7 @@ from simulator.workloads.base import SimTask, rng_for
 __all__ = ["TraceFormat", "NATIVE", "PHILLY", "ALIBABA_PAI", "TraceReplay", "write_synthetic_trace",
            "COLUMNS"]
 
-COLUMNS = ("submit_time", "duration", "end_time", "num_cpus", "num_gpus", "resources",
+COLUMNS = ("submit_time", "duration", "start_time", "end_time", "num_cpus", "num_gpus", "resources",
            "gpu_type", "kind", "tenant", "priority", "job_id", "deadline")
 
 
@@ -65,8 +73,11 @@ class TraceFormat:
 
 
 NATIVE = TraceFormat()
-#: Philly (msr-fiddle/philly-traces) job log flattened to CSV: one row per job.
+#: Philly (msr-fiddle/philly-traces) job log flattened to CSV: one row per job (or per
+#: attempt); times are timestamp strings such as ``2017-10-03 06:33:24`` (read as UTC).
+#: The duration is ``run_time`` when given, else ``end_time - start_time``.
 PHILLY = TraceFormat("philly", columns={"submit_time": "submitted_time", "duration": "run_time",
+                                        "start_time": "start_time", "end_time": "end_time",
                                         "num_gpus": "num_gpus", "tenant": "vc",
                                         "job_id": "jobid", "kind": "user"})
 #: Alibaba cluster-trace-gpu-v2020 ``pai_task_table``: plan_cpu/plan_gpu are in percent.
@@ -77,16 +88,39 @@ ALIBABA_PAI = TraceFormat("alibaba_pai", columns={
     gpu_types={"MISC": "", "T4": "T4", "P100": "P100", "V100": "V100", "V100M32": "V100"})
 
 
+_MISSING = frozenset({"", "none", "null", "na", "n/a"})
+_TIME_COLUMNS = frozenset({"submit_time", "start_time", "end_time"})
+
+
+def _timestamp(raw: str) -> float | None:
+    """Seconds since the Unix epoch of an ISO-8601-like timestamp (no zone: UTC), or None."""
+    try:
+        dt = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return (dt - _EPOCH).total_seconds()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def _num(row: Mapping[str, str], fmt: TraceFormat, ours: str, default: float | None,
          line: int) -> float | None:
     raw = row.get(fmt.col(ours))
-    if raw is None or raw.strip() == "":
+    if raw is None or raw.strip().lower() in _MISSING:
         return default
     try:
         v = float(raw)
     except ValueError:
-        raise ValueError(f"trace line {line}: column {fmt.col(ours)!r} ({ours}) must be a "
-                         f"number, got {raw!r}") from None
+        ts = _timestamp(raw) if ours in _TIME_COLUMNS else None
+        if ts is None:
+            what = "a number of seconds or a timestamp such as '2017-10-03 06:33:24'" \
+                if ours in _TIME_COLUMNS else "a number"
+            raise ValueError(f"trace line {line}: column {fmt.col(ours)!r} ({ours}) must be "
+                             f"{what}, got {raw!r}") from None
+        return ts  # timestamps are absolute: no scale
     return v * fmt.scale.get(ours, 1.0)
 
 
@@ -123,7 +157,8 @@ class TraceReplay:
                 dur = _num(row, fmt, "duration", None, line)
                 if dur is None:
                     end = _num(row, fmt, "end_time", None, line)
-                    dur = None if end is None or submit is None else end - submit
+                    begin = _num(row, fmt, "start_time", submit, line)
+                    dur = None if end is None or begin is None else end - begin
                 if submit is None or dur is None or not (0 <= dur < math.inf) \
                         or not math.isfinite(submit):
                     if self.strict:

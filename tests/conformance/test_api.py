@@ -112,15 +112,22 @@ def test_wait_timeout_returns_partial(cluster):
 def test_get_timeout_then_cancel(cluster):
     """RELIABILITY 5: get(timeout) raises a TimeoutError; cancel stops the task."""
     ref = sleeper.remote(600)
+    t0 = time.monotonic()
     with pytest.raises(runtime.GetTimeoutError) as info:
         runtime.get(ref, timeout=0.2)
+    assert time.monotonic() - t0 < 10, "the timeout was not prompt"
     assert isinstance(info.value, TimeoutError)
     assert not ref.done()
     assert runtime.cancel(ref) is True
     with pytest.raises(runtime.TaskCancelledError):
         runtime.get(ref, timeout=30)
     assert ref.cancelled()
-    assert runtime.get(add.remote(5)) == 5  # the cluster keeps working
+    # the cancelled task gave its resources back, and the cluster keeps working
+    deadline = time.monotonic() + 20
+    while runtime.available_resources() != runtime.cluster_resources():
+        assert time.monotonic() < deadline, runtime.available_resources()
+        runtime.sleep(0.05)
+    assert runtime.get(add.remote(5)) == 5
 
 
 def test_cancel_pending_task_never_runs(cluster):

@@ -80,18 +80,20 @@ def test_zero_cpu_tasks_get_workers(cluster):
     assert runtime.get(refs, timeout=60) == ["ok"] * 8
 
 
-@pytest.mark.parametrize(("options", "needle"), [
-    ({"resources": {"QPU": 1}}, "QPU"),
-    ({"num_gpus": 3}, "GPU"),
-    ({"num_cpus": 5}, "CPU"),
-    ({"accelerator_type": "V100"}, "V100"),
+@pytest.mark.parametrize(("options", "needle", "has"), [
+    ({"resources": {"QPU": 1}}, "QPU", "GPU=2"),
+    ({"num_gpus": 3}, "GPU", "GPU=2"),
+    ({"num_cpus": 5}, "CPU", "CPU=2"),
+    ({"accelerator_type": "V100"}, "V100", "A100"),
 ])
-def test_infeasible_requests_fail_at_submit(cluster, options, needle):
-    """RELIABILITY 8: a request no node can satisfy fails at once, naming the resource."""
+def test_infeasible_requests_fail_at_submit(cluster, options, needle, has):
+    """RELIABILITY 8: a request no node can satisfy fails at once, naming the resource
+    and what the cluster has."""
     with pytest.raises(runtime.InfeasibleRequestError) as info:
         hold.options(**options).remote()
     msg = str(info.value)
     assert needle in msg
+    assert has in msg, msg
     assert isinstance(info.value, ValueError)
 
 

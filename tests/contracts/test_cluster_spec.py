@@ -56,5 +56,6 @@ def test_infeasible_message_names_resource_and_cluster():
     check_feasible(task, [("n1", Resources({"CPU": 2}), {})],
                    [("qpu", Resources({"CPU": 1, "QPU": 1}), {})])
     acc = TaskInfo(2, "t", Resources({"CPU": 1}), accelerator_type="H100")
-    with pytest.raises(ValueError, match="H100"):
-        check_feasible(acc, [("n1", Resources({"CPU": 2}), {"accelerator_type": "A100"})])
+    with pytest.raises(ValueError, match=r"'H100'.*accelerator types there: \(no accelerator\), A100"):
+        check_feasible(acc, [("n1", Resources({"CPU": 2}), {"accelerator_type": "A100"}),
+                             ("n2", Resources({"CPU": 2}), {})])

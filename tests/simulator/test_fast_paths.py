@@ -12,7 +12,7 @@ import random
 import pytest
 
 from runtime.errors import PolicyError
-from runtime.policies import BestFit
+from runtime.policies import BestFit, FirstFit, Spread
 from runtime.policies.base import Place, TaskInfo
 from runtime.policies.ledger import Ledger
 from runtime.resources import Resources
@@ -102,15 +102,15 @@ def test_a_hold_beyond_free_capacity_clamps_at_zero_and_rolls_back() -> None:
 
 
 class _Plain:
-    """BestFit without the greedy_by_shape declaration (the engine keeps per-tenant queues)."""
+    """A greedy policy without the greedy_by_shape declaration (the engine keeps per-tenant
+    queues): the old, general path."""
 
-    name = "best_fit_plain"
-
-    def __init__(self) -> None:
-        self.inner = BestFit()
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.name = f"{inner.name}_plain"  # type: ignore[attr-defined]
 
     def schedule(self, pending, cluster):  # noqa: ANN001, ANN201
-        return self.inner.schedule(pending, cluster)
+        return self.inner.schedule(pending, cluster)  # type: ignore[attr-defined]
 
 
 def _saturated(policy: object, seed: int = 3) -> Simulation:
@@ -126,15 +126,34 @@ def _saturated(policy: object, seed: int = 3) -> Simulation:
     return Simulation(cluster, wl, policy=policy, seed=seed, failures=False).run()
 
 
-def test_shape_queues_give_the_same_trace_as_per_tenant_queues() -> None:
-    """best_fit (greedy by shape) and the same policy without the flag: identical traces."""
-    fast = _saturated("best_fit")
-    plain = _saturated(_Plain())
+@pytest.mark.parametrize("name,cls", [("best_fit", BestFit), ("fifo", FirstFit),
+                                      ("spread", Spread)])
+def test_shape_queues_give_the_same_trace_as_per_tenant_queues(name, cls) -> None:
+    """A greedy policy (greedy by shape) and the same policy without the flag: identical
+    traces (the per-shape queues change no decision)."""
+    fast = _saturated(name)
+    plain = _saturated(_Plain(cls()))
     assert fast._by_shape and not plain._by_shape
     assert fast.metrics()["wait_mean"] > 10  # a real queue built up
     assert fast.metrics()["finished"] == 1500
     assert fast.digest() == plain.digest()
-    assert BestFit(strict=True).greedy_by_shape is False
+    assert cls(strict=True).greedy_by_shape is False
+
+
+def test_fifo_shape_queues_keep_dag_and_priority_traces() -> None:
+    """fifo with and without the flag on DAG jobs with tenants and priorities: same trace."""
+    from simulator.workloads import DagJobs, Merged, map_reduce
+
+    cluster = ClusterConfig([NodeSpec("cpu", cpus=4, count=2),
+                             NodeSpec("v100", DEVICES["V100"], 2, cpus=4, count=1)], name="dag")
+    wl = Merged([DagJobs(30, 0.05, map_reduce(8, 2), tenants=["x", "y"], name="mr"),
+                 JobMix(200, 0.5, [Shape(Resources({"CPU": 1, "GPU": 1}), "g", Exp(20.0))],
+                        tenants={"p": 1.0, "q": 1.0}, name="gpu")])
+    fast = Simulation(cluster, wl, policy="fifo", seed=4, failures=False).run()
+    plain = Simulation(cluster, wl, policy=_Plain(FirstFit()), seed=4, failures=False).run()
+    assert fast._by_shape and not plain._by_shape
+    assert fast.metrics()["wait_mean"] > 1
+    assert fast.digest() == plain.digest()
 
 
 class _HoldsAndOvershoots:
@@ -207,10 +226,13 @@ def test_run_pauses_the_garbage_collector_and_restores_it() -> None:
 
 
 def test_only_plain_greedy_policies_declare_greedy_by_shape() -> None:
-    """best_fit/spread declare it; strict mode or an overridden schedule() does not."""
-    from runtime.policies import Spread, get_policy
+    """fifo/best_fit/spread declare it; strict mode or an overridden schedule() does not."""
+    from runtime.policies import get_policy
 
     assert get_policy("best_fit").greedy_by_shape is True
+    assert get_policy("fifo").greedy_by_shape is True
+    assert FirstFit().greedy_by_shape is True
+    assert FirstFit(strict=True).greedy_by_shape is False
     assert Spread().greedy_by_shape is True
     assert Spread(strict=True).greedy_by_shape is False
 
@@ -218,8 +240,14 @@ def test_only_plain_greedy_policies_declare_greedy_by_shape() -> None:
         def schedule(self, pending, cluster):  # noqa: ANN001, ANN201
             return super().schedule(pending, cluster)
 
+    class CustomFifo(FirstFit):
+        def schedule(self, pending, cluster):  # noqa: ANN001, ANN201
+            return super().schedule(pending, cluster)
+
     assert Custom().greedy_by_shape is False
+    assert CustomFifo().greedy_by_shape is False
     assert not hasattr(get_policy("drf"), "greedy_by_shape")
+    assert not hasattr(get_policy("hetero"), "greedy_by_shape")
 
 
 def test_best_fit_digest_is_the_same_in_another_process() -> None:
