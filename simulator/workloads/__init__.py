@@ -89,9 +89,25 @@ def _dags(scale: int) -> Workload:
                   name="dags")
 
 
+def _services(scale: int) -> Workload:
+    """Long-lived services (model servers holding a GPU each for the whole run, and CPU
+    front-ends) with batch jobs arriving around them on what is left."""
+    return Merged([Services(4 * scale, {"CPU": 2, "GPU": 1}, lifetime=6 * 3600.0,
+                            kind="serve", tenant="serving", name="model_servers"),
+                   Services(2 * scale, {"CPU": 4}, lifetime=6 * 3600.0, kind="frontend",
+                            tenant="serving", name="frontends"),
+                   JobMix(600 * scale, 0.05 * scale,
+                          [Shape(_GPU, "train", LogNormal(300.0, 0.8), weight=2.0),
+                           Shape(_CPU, "prep", LogNormal(30.0, 0.8), weight=2.0),
+                           Shape(_GPU, "infer", LogNormal(40.0, 0.5))],
+                          tenants={"vision": 1.0, "nlp": 1.0}, name="batch")],
+                  name="services")
+
+
 #: Named workload presets: ``name -> factory(scale)``.
 WORKLOADS: dict[str, Callable[[int], Workload]] = {
     "hetero_demo": _hetero_demo, "ml_mix": _ml_mix, "bursty": _bursty, "dags": _dags,
+    "services": _services,
     "qpu": lambda scale: QPUJobs(200 * scale, 0.02 * scale, shots=Exp(3000.0),
                                  tenants=["qlab", "chem", "fin"]),
 }

@@ -39,7 +39,7 @@ import csv
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from runtime.resources import Resources
@@ -90,6 +90,7 @@ ALIBABA_PAI = TraceFormat("alibaba_pai", columns={
 
 _MISSING = frozenset({"", "none", "null", "na", "n/a"})
 _TIME_COLUMNS = frozenset({"submit_time", "start_time", "end_time"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _timestamp(raw: str) -> float | None:
@@ -99,11 +100,8 @@ def _timestamp(raw: str) -> float | None:
     except ValueError:
         return None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return (dt - _EPOCH).total_seconds()
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def _num(row: Mapping[str, str], fmt: TraceFormat, ours: str, default: float | None,
