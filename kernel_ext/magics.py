@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 import sys
 import threading
 import traceback
@@ -43,6 +44,14 @@ def _literal(text: str, ns: dict[str, Any]) -> Any:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+
+
+def _flagify(text: str, flags: dict[str, str]) -> str:
+    """Say ``--cpus -1`` where the runtime's message says ``num_cpus=-1``."""
+    for key, flag in flags.items():
+        text = re.sub(rf"\b{key}=(?=[^\s/,:.;)])", f"{flag} ", text)  # key=VALUE
+        text = re.sub(rf"\b{key}=", flag, text)  # a bare key=
+    return text
 
 
 def _parse(fn: Any, line: str) -> Any:
@@ -141,7 +150,7 @@ class ClusterMagics(Magics):
             In [2]: %cluster connect sim -O nodes=my_nodes
             In [3]: %cluster connect tcp://127.0.0.1:8786
             In [4]: %cluster status
-            In [5]: %cluster scale gpu-node 3
+            In [5]: %cluster scale gpu-node 3   # or %cluster scale 3 with one node type
             In [6]: %cluster monitor            # a live widget (text in a terminal)
             In [7]: %cluster disconnect
         """
@@ -164,6 +173,11 @@ class ClusterMagics(Magics):
         if action == "status":
             return runtime.ClusterHandle(backend)
         if action == "scale":
+            if args.count is None and args.target is not None and args.target.isdigit():
+                args.target, args.count = None, int(args.target)  # %cluster scale N
+                types = {n.node_type for n in backend.nodes()}
+                if len(types) == 1:
+                    args.target = types.pop()
             if args.count is None or args.count < 0:
                 raise UsageError("usage: %cluster scale NODE_TYPE COUNT (COUNT an int >= 0)")
             try:
@@ -309,6 +323,10 @@ class ClusterMagics(Magics):
                                      f"numbers, e.g. TPU=1,QPU=0.5") from None
                 if not sep:
                     raise UsageError(f"--resources {args.resources!r}: expected K=V,...")
+                own = {"CPU": "--cpus", "GPU": "--gpus"}.get(key.strip())
+                if own is not None:
+                    raise UsageError(f"--resources {args.resources!r}: {key.strip()} has its "
+                                     f"own flag; use {own} {res[key.strip()]:g} instead")
             opts["resources"] = res
         if args.timeout is not None and (math.isnan(args.timeout) or args.timeout <= 0):
             raise UsageError(f"--timeout {args.timeout}: expected a number of seconds > 0")
@@ -317,10 +335,7 @@ class ClusterMagics(Magics):
         try:
             return validate_options("task", opts)
         except (TypeError, ValueError) as exc:
-            text = str(exc)
-            for key, flag in flags.items():
-                text = text.replace(f"{key}=", f"{flag} ")
-            raise UsageError(text) from None
+            raise UsageError(_flagify(str(exc), flags)) from None
 
     def _ship(self, names: set[str], pushed: list[str]) -> dict[str, Any]:
         ns = self.shell.user_ns

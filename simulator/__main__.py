@@ -68,7 +68,7 @@ def demo(seed: int = 1, scale: int = 3, policies: Sequence[str] | None = None,
     t0 = time.perf_counter()
     for p in names:
         sim = Simulation(cluster, wl, policy=p, autoscaler=autoscaler, seed=seed).run()
-        rows.append(sim.metrics())
+        rows.append(sim.metrics(check=True))
     print(table(rows, DEMO_COLUMNS), file=out)
     print(f"\n{len(rows)} simulations of {rows[0]['tasks']} tasks each in "
           f"{time.perf_counter() - t0:.1f} s wall time (virtual time above)", file=out)
@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sim = Simulation(CLUSTERS[args.cluster](), wl, policy=args.policy,
                          autoscaler=args.autoscaler, seed=args.seed)
         sim.run(getattr(args, "until", None))
-        m = sim.metrics()
+        m = sim.metrics(check=True)
         for k, v in m.items():
             print(f"{k:>14}: {v:.6g}" if isinstance(v, float) else f"{k:>14}: {v}")
         if getattr(args, "trace", None):

@@ -7,10 +7,11 @@ Plug-ins (failures, spot preemption, availability windows, the autoscaler; see
 :mod:`simulator.failures` and :mod:`simulator.autoscale`) sit on top and may use
 ordinary simpy processes.
 
-:class:`Simulation` owns the cluster state, the pending queue (grouped by request
-shape), the trace and the raw metrics. Each instant at which something changed
-ends with one *scheduling round*: the policy gets the pending tasks that could
-possibly start (see ``window``) and its decisions are validated
+:class:`Simulation` owns the cluster state, the pending queues (grouped by request
+shape, in submission order; see :mod:`simulator.pending`), the trace and the raw
+metrics. Each instant at which something changed ends with one *scheduling round*:
+the policy gets the pending tasks that could possibly start (see ``window``) and its
+decisions are validated
 (:func:`runtime.policies.base.check_placement`) before they are applied.
 """
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 import gc
 import math
 from array import array
-from collections import deque
 from collections.abc import Iterable, Iterator
 from heapq import heappush
 from itertools import islice
@@ -33,6 +33,10 @@ from runtime.policies import get_policy
 from runtime.policies.base import Place, Preempt, TaskInfo, check_placement, infeasible_message
 from simulator.cluster import ClusterConfig
 from simulator.core import Core
+from simulator.pending import PendingGroup as _Pending
+from simulator.pending import fifo_insert as _fifo_insert
+from simulator.pending import greedy_by_shape as _by_shape
+from simulator.pending import preempts as _preempts
 from simulator.state import SimClusterState, SimNode, _fits
 from simulator.trace import K, Trace
 from simulator.workloads.base import SimTask, Workload
@@ -40,37 +44,6 @@ from simulator.workloads.base import SimTask, Workload
 __all__ = ["Core", "Simulation"]
 
 _by_id = attrgetter("id")
-
-
-def _preempts(policy: Any) -> bool:
-    """Whether a policy may preempt (it then sees every pending task, every round)."""
-    if getattr(policy, "preemptive", False) is True or getattr(policy, "preempt", False) is True:
-        return True
-    return "preempt" in type(policy).__name__.lower() or \
-        "preempt" in str(getattr(policy, "name", "")).lower()
-
-
-def _by_shape(policy: Any) -> bool:
-    """Whether ``policy`` declares ``greedy_by_shape = True``: it places the tasks it is
-    given greedily in ``(submitted_at, id)`` order, where a task goes depends only on its
-    request, accelerator type and kind and on the placements before it in the same call,
-    and a task that fits nowhere changes nothing. Then pending tasks of one shape share
-    one FIFO queue across tenants and priorities, and a round shows the policy only the
-    first tasks of each shape that could fit (the decisions are the same)."""
-    return getattr(policy, "greedy_by_shape", False) is True
-
-
-class _Pending:
-    """Pending tasks of one group (same request, accelerator, kind, tenant, priority), FIFO."""
-
-    __slots__ = ("key", "queue", "blocked", "elig", "shown")
-
-    def __init__(self, key: tuple[Any, ...], elig: list[Any]) -> None:
-        self.key = key
-        self.queue: deque[TaskInfo] = deque()
-        self.blocked = False
-        self.elig = elig  # the state's eligible groups for this shape
-        self.shown = 0  # tasks shown to the policy in this round and not yet placed
 
 
 class _Run:
@@ -232,10 +205,13 @@ class Simulation:
         self._close_books()
         return self
 
-    def metrics(self) -> dict[str, Any]:
-        """The run's metrics (see :mod:`simulator.metrics`)."""
-        from simulator.metrics import compute
+    def metrics(self, check: bool = False) -> dict[str, Any]:
+        """The run's metrics (see :mod:`simulator.metrics`); ``check=True`` first runs
+        :func:`simulator.metrics.check_invariants` (books, Little's law), which raises."""
+        from simulator.metrics import check_invariants, compute
 
+        if check:
+            check_invariants(self)
         return compute(self)
 
     def digest(self) -> str:
@@ -401,7 +377,7 @@ class Simulation:
                 return
             g = self._groups[key] = _Pending(key, self.state.eligible(info))
         self._group_of[tid] = g
-        g.queue.append(info)
+        _fifo_insert(g.queue, info)
         self.pending_count += 1
         if not g.blocked:
             self._ready[g] = g
@@ -626,9 +602,7 @@ class Simulation:
         info = self._infos[tid]
         g = self._groups[self._key(info)]
         self._group_of[tid] = g
-        g.queue.appendleft(info)
-        if len(g.queue) > 1 and g.queue[1].id < tid:
-            g.queue = deque(sorted(g.queue, key=_by_id))
+        _fifo_insert(g.queue, info)
         self.pending_count += 1
         if g.blocked:
             return

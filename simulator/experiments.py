@@ -5,7 +5,10 @@ each), on the runtime's local backend when it is available and works, else on a
 ``concurrent.futures.ProcessPoolExecutor`` (``executor="serial"`` runs in this
 process). It prints progress, and returns the rows; ``write_outputs`` writes
 ``results.csv``, ``summary.csv`` / ``summary.txt`` (mean and 95% confidence
-interval across seeds) and bar plots.
+interval across seeds), bar plots of the summary, and for one representative cell
+of each policy per workload (its first autoscaler and seed, re-run here: a cell is
+deterministic) a utilization-over-time plot and a Gantt chart, plus one JCT CDF per
+workload with a curve per policy (:func:`write_run_plots`).
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from typing import Any, Literal
 
 from simulator.cluster import CLUSTERS
 
-__all__ = ["Cell", "run_cell", "run_grid", "summarize", "format_table", "write_outputs",
-           "SUMMARY_METRICS"]
+__all__ = ["Cell", "run_cell", "simulate_cell", "run_grid", "summarize", "format_table",
+           "write_outputs", "write_run_plots", "SUMMARY_METRICS"]
 
 #: Metrics summarised across seeds.
 SUMMARY_METRICS = ("jct_mean", "jct_p95", "wait_mean", "makespan", "util_GPU", "cost",
@@ -54,8 +57,8 @@ class Cell:
     scale: int = 1
 
 
-def run_cell(cell: Cell | dict[str, Any]) -> dict[str, Any]:
-    """Run one cell and return its metrics plus the cell's fields and the run's wall time."""
+def simulate_cell(cell: Cell | dict[str, Any]) -> Any:
+    """Build and run one cell's :class:`~simulator.engine.Simulation` (returned, run)."""
     from simulator.engine import Simulation
     from simulator.workloads import get_workload
 
@@ -64,10 +67,15 @@ def run_cell(cell: Cell | dict[str, Any]) -> dict[str, Any]:
     if make is None:
         raise ValueError(f"cluster: unknown cluster {c.cluster!r}; choose one of "
                          f"{', '.join(sorted(CLUSTERS))}")
+    return Simulation(make(), get_workload(c.workload, c.scale), policy=c.policy,
+                      autoscaler=c.autoscaler, seed=c.seed).run()
+
+
+def run_cell(cell: Cell | dict[str, Any]) -> dict[str, Any]:
+    """Run one cell and return its metrics plus the cell's fields and the run's wall time."""
+    c = Cell(**cell) if isinstance(cell, dict) else cell
     t0 = time.perf_counter()
-    sim = Simulation(make(), get_workload(c.workload, c.scale), policy=c.policy,
-                     autoscaler=c.autoscaler, seed=c.seed).run()
-    m = sim.metrics()
+    m = simulate_cell(c).metrics(check=True)  # books and Little's law, on every cell
     m.update({"workload": c.workload, "cluster": c.cluster, "scale": c.scale,
               "wall_s": round(time.perf_counter() - t0, 3)})
     return m
@@ -217,9 +225,46 @@ def format_table(summary: Sequence[dict[str, Any]],
     return "\n".join(lines)
 
 
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
+
+
+def write_run_plots(rows: Sequence[dict[str, Any]], out: str | Path) -> dict[str, Path]:
+    """Per workload: re-run the first row (autoscaler, seed) of each policy and write
+    ``<workload>_<policy>_utilization.png`` and ``..._gantt.png``, and one
+    ``<workload>_jct_cdf.png`` with a curve per policy; returns the paths by key."""
+    from simulator.plots import gantt, jct_cdf, save, utilization_plot
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    picked: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        per = picked.setdefault(str(r["workload"]), {})
+        if r["policy"] not in per:
+            per[str(r["policy"])] = r
+    paths: dict[str, Path] = {}
+    for w, per in picked.items():
+        sims = {}
+        for p, r in per.items():
+            cell = Cell(w, p, str(r["autoscaler"]), int(r["seed"]), str(r.get("cluster", "demo")),
+                        int(r.get("scale", 1)))
+            sim = simulate_cell(cell)
+            if r.get("digest") and sim.digest() != r["digest"]:
+                print(f"warning: the re-run of {cell} gave another trace than the grid's",
+                      file=sys.stderr)
+            sims[f"{p}/{cell.autoscaler} seed {cell.seed}"] = sim
+            stem = f"{_safe(w)}_{_safe(p)}"
+            paths[f"utilization_{w}_{p}"] = save(utilization_plot(sim),
+                                                 out / f"{stem}_utilization.png")
+            paths[f"gantt_{w}_{p}"] = save(gantt(sim), out / f"{stem}_gantt.png")
+        paths[f"jct_cdf_{w}"] = save(jct_cdf(sims), out / f"{_safe(w)}_jct_cdf.png")
+    return paths
+
+
 def write_outputs(rows: Sequence[dict[str, Any]], out: str | Path,
                   metrics: Sequence[str] = SUMMARY_METRICS, plots: bool = True) -> dict[str, Path]:
-    """Write results.csv, summary.csv, summary.txt and (optionally) one bar plot per metric."""
+    """Write results.csv, summary.csv, summary.txt and (``plots``) one bar plot per metric
+    plus the per-run plots of :func:`write_run_plots`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     first = ["workload", "policy", "autoscaler", "seed", "cluster"]
@@ -249,4 +294,5 @@ def write_outputs(rows: Sequence[dict[str, Any]], out: str | Path,
                               [0.0 if math.isnan(s[f"{m}_ci95"]) else s[f"{m}_ci95"]
                                for s in summary], m, f"{m} (mean, 95% CI across seeds)")
             paths[f"plot_{m}"] = save(fig, out / f"{m}.png")
+        paths.update(write_run_plots(rows, out))
     return paths

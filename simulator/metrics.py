@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from simulator.engine import Simulation
 
 __all__ = ["compute", "jain", "tenant_stats", "in_system_series", "utilization_series",
-           "summary_columns"]
+           "summary_columns", "check_invariants", "InvariantError"]
 
 #: The columns the summary tables show, in order.
 summary_columns = ("policy", "autoscaler", "tasks", "finished", "failed", "makespan", "jct_mean",
@@ -134,6 +134,73 @@ def compute(sim: Simulation) -> dict[str, Any]:
     out["slo_tasks"] = int(np.isfinite(a["deadline"]).sum())
     out["slo_misses"] = int(missed.sum())
     out["digest"] = sim.trace.digest() if len(sim.trace) else ""
+    return out
+
+
+class InvariantError(AssertionError):
+    """A finished run's records contradict each other (a bug in the engine or a plug-in)."""
+
+
+def check_invariants(sim: Simulation, rel: float = 1e-9) -> dict[str, float]:
+    """Check a run's books; return Little's-law figures ``{"L", "lambda", "W", "T"}``.
+
+    Checks, raising :class:`InvariantError` naming the first broken one: counts add
+    up (finished + failed + unfinished = tasks); each record has submit <= ready <=
+    start <= end and a run time within [0, end - start]; the number in the system
+    never goes negative; utilizations lie in [0, 1]; and for a completed run
+    (``sim.done``) the system ends empty, every node's capacity is back, and
+    Little's law holds: L (time-average number in system, from the step function)
+    = lambda (arrivals / T) x W (mean time in system), within ``rel``.
+    """
+    def fail(what: str) -> None:
+        raise InvariantError(f"simulation {sim.workload_name!r} policy {sim.policy_name!r} "
+                             f"seed {sim.seed}: {what}")
+
+    a = _arrays(sim)
+    n = a["submit"].size
+    ok = a["ok"]
+    if n + sim.in_system != sim._seen:
+        fail(f"{n} tasks left + {sim.in_system} in the system != {sim._seen} submitted")
+    eps = 1e-9 * max(1.0, float(sim.end_time))
+    for lo, hi in (("submit", "ready"), ("ready", "start"), ("start", "end")):
+        bad = np.flatnonzero(a[lo] > a[hi] + eps)
+        if bad.size:
+            i = int(bad[0])
+            fail(f"task {sim.rec_id[i]} has {lo} {a[lo][i]:g} after {hi} {a[hi][i]:g}")
+    run = a["end"] - a["start"]
+    bad = np.flatnonzero(ok & ((a["service"] < -eps) | (a["service"] > run + eps)))
+    if bad.size:
+        i = int(bad[0])
+        fail(f"task {sim.rec_id[i]} ran {a['service'][i]:g} s within {run[i]:g} s of start..end")
+    t, count = in_system_series(sim)
+    if count.size and count.min() < 0:
+        fail(f"the number in the system went negative ({count.min():g})")
+    for g in sim.state.groups.values():
+        for i, name in enumerate(g.names):
+            cap = g.total[i] * g.uptime
+            if g.busy[i] < -eps or (cap > 0 and g.busy[i] > cap * (1 + 1e-9) + eps) or \
+                    (cap == 0 and g.busy[i] > eps):
+                fail(f"node type {g.spec.name!r}: {name} busy {g.busy[i]:g} resource-seconds "
+                     f"of {cap:g} available")
+    T = float(sim.end_time)
+    out = {"T": T, "L": math.nan, "lambda": math.nan, "W": math.nan}
+    if not sim.done:
+        return out
+    if sim.in_system or (count.size and count[-1] != 0):
+        fail(f"the run is done but {sim.in_system} tasks are still in the system")
+    for node in sim.state.all_nodes().values():
+        if node.tasks or any(abs(f - t) > 1e-9 * max(1.0, abs(t))
+                             for f, t in zip(node.free, node.group.total, strict=True)):
+            fail(f"node {node.id} still holds tasks {sorted(node.tasks)} or capacity "
+                 f"(free {tuple(node.free)} of {tuple(node.group.total)}) after the run")
+    if n == 0 or T <= 0:
+        return out
+    L = float(np.sum(count[:-1] * np.diff(t))) / T
+    lam = n / T
+    W = float((a["end"] - a["submit"]).mean())
+    out.update({"L": L, "lambda": lam, "W": W})
+    if not math.isclose(L, lam * W, rel_tol=rel, abs_tol=1e-12):
+        fail(f"Little's law broken: L = {L!r} but lambda x W = {lam * W!r}")
     return out
 
 

@@ -71,7 +71,12 @@ class JobMix:
 
 
 class Services:
-    """``n`` long-lived services (actors) that start at ``start`` and hold resources for ``lifetime``."""
+    """``n`` long-lived services (actors) that start at ``start`` and hold resources for ``lifetime``.
+
+    Each is one task of priority 10 and kind ``kind`` (give it a kind the speed table
+    does not list, so its lifetime is not scaled by device speed); other work runs
+    on what the services leave free.
+    """
 
     def __init__(self, n: int, request: dict[str, float] | Resources, lifetime: float,
                  *, start: float = 0.0, kind: str = "service", tenant: str = "default",
@@ -79,6 +84,7 @@ class Services:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"Services: n must be an int >= 0, got {n!r}")
         _check_pos("Services", "lifetime", lifetime)
+        _check_pos("Services", "start", start, allow_zero=True)
         self.n, self.lifetime, self.start = n, lifetime, start
         self.request = request if isinstance(request, Resources) else Resources(
             request, where="Services request")

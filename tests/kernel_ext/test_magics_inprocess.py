@@ -64,6 +64,20 @@ def test_unknown_flag_is_usage_error(ip, capsys):
     assert isinstance(run(ip, "%cluster frobnicate"), UsageError)
 
 
+def test_cpu_or_gpu_in_resources_points_to_their_flag(ip):
+    """--resources GPU=1 names the flag, the value and the flag to use, in clean text."""
+    err = run(ip, "%%remote --resources GPU=1\nx = 1\n")
+    assert isinstance(err, UsageError)
+    assert str(err) == "--resources 'GPU=1': GPU has its own flag; use --gpus 1 instead"
+    err = run(ip, "%%remote --resources TPU=1,CPU=0.5\nx = 1\n")
+    assert str(err) == "--resources 'TPU=1,CPU=0.5': CPU has its own flag; use --cpus 0.5 instead"
+    err = run(ip, "%%remote --cpus -1\nx = 1\n")
+    assert str(err) == "--cpus -1.0: expected a number >= 0 (finite)"
+    err = run(ip, "%%remote --resources TPU=-2\nx = 1\n")
+    assert isinstance(err, UsageError) and str(err).startswith("--resources ")
+    assert "  " not in str(err) and "resources=" not in str(err)
+
+
 def test_syntax_error_reported_before_submission(ip, capsys):
     """A syntax error is shown with the cell's line number; nothing is submitted."""
     was = runtime.is_initialized()

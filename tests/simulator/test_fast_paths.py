@@ -12,7 +12,7 @@ import random
 import pytest
 
 from runtime.errors import PolicyError
-from runtime.policies import BestFit, FirstFit, Spread
+from runtime.policies import BestFit, FirstFit, Spread, get_policy
 from runtime.policies.base import Place, TaskInfo
 from runtime.policies.ledger import Ledger
 from runtime.resources import Resources
@@ -140,20 +140,21 @@ def test_shape_queues_give_the_same_trace_as_per_tenant_queues(name, cls) -> Non
     assert cls(strict=True).greedy_by_shape is False
 
 
-def test_fifo_shape_queues_keep_dag_and_priority_traces() -> None:
-    """fifo with and without the flag on DAG jobs with tenants and priorities: same trace."""
-    from simulator.workloads import DagJobs, Merged, map_reduce
+@pytest.mark.parametrize("name", ["fifo", "best_fit"])
+def test_windowed_greedy_runs_equal_exact_runs_with_dags(name) -> None:
+    """On DAG jobs mixed with independent jobs of several tenants (a DAG task becomes ready
+    after later-submitted tasks of its shape), the per-shape queues, the per-tenant queues
+    (the policy without the flag) and the exact path (window=None, every pending task shown
+    every round) give one trace: pending queues keep the policies' (submitted_at, id) order."""
+    from simulator.cluster import demo_cluster
+    from simulator.workloads import get_workload
 
-    cluster = ClusterConfig([NodeSpec("cpu", cpus=4, count=2),
-                             NodeSpec("v100", DEVICES["V100"], 2, cpus=4, count=1)], name="dag")
-    wl = Merged([DagJobs(30, 0.05, map_reduce(8, 2), tenants=["x", "y"], name="mr"),
-                 JobMix(200, 0.5, [Shape(Resources({"CPU": 1, "GPU": 1}), "g", Exp(20.0))],
-                        tenants={"p": 1.0, "q": 1.0}, name="gpu")])
-    fast = Simulation(cluster, wl, policy="fifo", seed=4, failures=False).run()
-    plain = Simulation(cluster, wl, policy=_Plain(FirstFit()), seed=4, failures=False).run()
-    assert fast._by_shape and not plain._by_shape
+    runs = [Simulation(demo_cluster(), get_workload("hetero_demo"), policy=p, seed=0, **kw).run()
+            for p, kw in ((name, {}), (_Plain(get_policy(name)), {}), (name, {"window": None}))]
+    fast, plain, exact = runs
+    assert fast._by_shape and not plain._by_shape and not exact._by_shape
     assert fast.metrics()["wait_mean"] > 1
-    assert fast.digest() == plain.digest()
+    assert fast.digest() == plain.digest() == exact.digest()
 
 
 class _HoldsAndOvershoots:
@@ -227,8 +228,6 @@ def test_run_pauses_the_garbage_collector_and_restores_it() -> None:
 
 def test_only_plain_greedy_policies_declare_greedy_by_shape() -> None:
     """fifo/best_fit/spread declare it; strict mode or an overridden schedule() does not."""
-    from runtime.policies import get_policy
-
     assert get_policy("best_fit").greedy_by_shape is True
     assert get_policy("fifo").greedy_by_shape is True
     assert FirstFit().greedy_by_shape is True

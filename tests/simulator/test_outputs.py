@@ -14,6 +14,7 @@ from simulator.engine import Simulation
 from simulator.experiments import Cell, format_table, run_cell, run_grid, summarize, write_outputs
 from simulator.workloads import (
     ALIBABA_PAI,
+    PHILLY,
     WORKLOADS,
     DagJobs,
     Merged,
@@ -116,6 +117,47 @@ def test_alibaba_style_columns_are_mapped(tmp_path):
         list(TraceReplay(bad, ALIBABA_PAI).tasks(0))
 
 
+def test_philly_style_timestamps_are_mapped(tmp_path):
+    """A Philly-style job log with timestamp strings replays: times become seconds after the
+    first submit (read as UTC, whatever the local zone), run_time or end - start is the
+    duration, 'None' times are missing (row skipped), a zone suffix is honoured."""
+    p = tmp_path / "philly.csv"
+    p.write_text("jobid,user,vc,status,submitted_time,start_time,end_time,run_time,num_gpus\n"
+                 "application_1,u1,vc_a,Pass,2017-10-03 06:33:24,2017-10-03 06:34:00,"
+                 "2017-10-03 07:34:00,,8\n"
+                 "application_2,u2,vc_b,Pass,2017-10-03 06:30:00,2017-10-03 06:31:00,"
+                 "2017-10-03 06:41:00,45,1\n"
+                 "application_3,u2,vc_b,Killed,2017-10-03 07:00:00,None,None,,2\n"
+                 "application_4,u3,vc_a,Pass,2017-10-03T09:00:00+02:00,2017-10-03T09:00:10+02:00,"
+                 "2017-10-03T09:00:40+02:00,,1\n")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    code = ("import sys; from simulator.workloads import TraceReplay, PHILLY; "
+            "w = TraceReplay(sys.argv[1], PHILLY); "
+            "print([(t.submit, t.duration, t.tenant, dict(t.request), t.job) for t in w.tasks(0)],"
+            " w.skipped)")
+    outs = set()
+    for tz in ("UTC", "Asia/Kolkata"):
+        out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True,
+                             text=True, env={**env, "TZ": tz}, timeout=60, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        outs.add(out.stdout)
+    assert len(outs) == 1  # no local time zone dependence
+    wl = TraceReplay(p, PHILLY)
+    tasks = list(wl.tasks(0))
+    assert wl.skipped == 1  # application_3 never ran
+    # by submit: application_2 (06:30), 1 (06:33:24), 4 (09:00+02:00 = 07:00 UTC)
+    assert [t.tenant for t in tasks] == ["vc_b", "vc_a", "vc_a"]
+    assert [t.submit for t in tasks] == [0.0, 204.0, 1800.0]
+    assert [t.duration for t in tasks] == [45.0, 3600.0, 30.0]
+    assert tasks[1].request == {"CPU": 1.0, "GPU": 8.0}
+    sim = Simulation(get_cluster_with_tpu(), wl, policy="best_fit").run()
+    assert sim.metrics(check=True)["finished"] == 3
+    bad = tmp_path / "bad_philly.csv"
+    bad.write_text("jobid,submitted_time,run_time,num_gpus\nj1,yesterday noon,10,1\n")
+    with pytest.raises(ValueError, match=r"line 2.*'submitted_time'.*timestamp.*yesterday"):
+        list(TraceReplay(bad, PHILLY).tasks(0))
+
+
 def test_every_workload_preset_runs():
     """Each named workload runs on the demo cluster to completion."""
     from simulator.cluster import demo_cluster
@@ -162,6 +204,16 @@ def test_experiment_grid_writes_csv_summary_and_plots(tmp_path):
     with paths["results"].open() as fh:
         assert len(list(csv.DictReader(fh))) == 8
     assert paths["plot_jct_mean"].stat().st_size > 1000
+    # per workload: utilization and Gantt of each policy's first cell, one JCT CDF
+    png = b"\x89PNG\r\n\x1a\n"
+    for w in ("qpu", "bursty"):
+        names = [f"{w}_jct_cdf.png"] + [f"{w}_{p}_{k}.png" for p in ("fifo", "best_fit")
+                                          for k in ("utilization", "gantt")]
+        for name in names:
+            f = tmp_path / "out" / name
+            data = f.read_bytes()
+            assert data[:8] == png and len(data) > 2000, name
+    assert paths["jct_cdf_qpu"] == tmp_path / "out" / "qpu_jct_cdf.png"
     assert "±" in format_table(summary)
     # a cell is deterministic: the same seed gives the same digest
     assert run_cell(Cell("qpu", "fifo", "none", 0))["digest"] == rows[0]["digest"]
@@ -189,6 +241,8 @@ def test_cli_demo_and_experiment(tmp_path):
                          capture_output=True, text=True, timeout=100, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "exp" / "summary.csv").exists()
+    for name in ("qpu_jct_cdf.png", "qpu_fifo_utilization.png", "qpu_spread_gantt.png"):
+        assert (tmp_path / "exp" / name).read_bytes()[:4] == b"\x89PNG"
     assert "[4/4]" in out.stderr
 
 

@@ -354,6 +354,45 @@ def create_actor(session: str, actor_id: int, generation: int, name: str, cls: t
     return str(worker.address)
 
 
+def _claim(box: _ActorBox, caller: str, seq: int) -> bool:
+    """Take the turn if it is ours (call with ``box.cond`` held)."""
+    if box.dead or not box._turn(caller, seq):
+        return False
+    box.busy = True
+    box.running = (caller, seq)
+    return True
+
+
+def _take_turn(box: _ActorBox, caller: str, seq: int) -> None:
+    """Block until call ``seq`` of ``caller`` may run (or the actor is dropped).
+
+    On return ``box.running == (caller, seq)`` unless the actor was dropped.
+    Waiting happens outside the worker's thread pool (secede), and the turn is
+    claimed *before* rejoining, with ``box.cond`` released: ``rejoin()`` blocks
+    until some pool thread finishes its task, and pool threads that run later
+    calls of this actor need ``box.cond`` for a moment to see that it is not
+    their turn. Rejoining with the lock held deadlocked the worker whenever every
+    pool thread had picked up such a call (seen under load, when calls arrive out
+    of order).
+    """
+    with box.cond:
+        if _claim(box, caller, seq) or box.dead:
+            return
+    with seceded():
+        with box.cond:
+            while not _claim(box, caller, seq) and not box.dead:
+                box.cond.wait(0.5)
+        # leaving the block rejoins the pool, with the lock released
+
+
+def _end_turn(box: _ActorBox, caller: str) -> None:
+    """Release the actor after a call of ``caller`` and let the next one run."""
+    with box.cond:
+        box.busy = False
+        box.running = None
+        box._advance(caller)
+
+
 def call_actor(session: str, actor_id: int, generation: int, caller: str, seq: int,
                call_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run call ``seq`` of ``caller`` on an actor after that caller's earlier calls."""
@@ -365,15 +404,14 @@ def call_actor(session: str, actor_id: int, generation: int, caller: str, seq: i
     if box is None or box.generation != generation or box.dead:
         raise ActorDiedError(f"{actor_id}", "its instance is gone from this worker")
     name = f"{box.name}.{method}"
-    with box.cond:
-        if not box._turn(caller, seq):
-            with seceded():
-                while not box._turn(caller, seq) and not box.dead:
-                    box.cond.wait(0.5)
-        if box.dead:
-            raise ActorDiedError(f"{box.name} (id {actor_id})", "it was killed")
-        box.busy = True
-        box.running = (caller, seq)
+    try:
+        _take_turn(box, caller, seq)
+    except BaseException:
+        if box.running == (caller, seq):  # claimed, then interrupted while rejoining
+            _end_turn(box, caller)
+        raise
+    if box.running != (caller, seq):
+        raise ActorDiedError(f"{box.name} (id {actor_id})", "it was killed")
     _log(worker, {"e": "start", "t": call_id, "n": name, "w": node, "r": {}})
     outer = getattr(_current, "session", None)
     _current.session = session
@@ -382,10 +420,7 @@ def call_actor(session: str, actor_id: int, generation: int, caller: str, seq: i
                          node=node, worker=worker, retry=False, max_retries=0)
     finally:
         _current.session = outer
-        with box.cond:
-            box.busy = False
-            box.running = None
-            box._advance(caller)
+        _end_turn(box, caller)
     _log(worker, {"e": "end", "t": call_id, "w": node})
     return result
 
@@ -411,7 +446,10 @@ def drop_actor(session: str, actor_id: int) -> bool:
     box = _actors.pop((session, actor_id), None)
     if box is None:
         return False
-    with box.cond:
-        box.dead = True
-        box.cond.notify_all()
+    box.dead = True  # waiters poll it; runs on the worker's event loop: never block it
+    if box.cond.acquire(timeout=0.5):
+        try:
+            box.cond.notify_all()
+        finally:
+            box.cond.release()
     return True

@@ -363,6 +363,8 @@ class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingM
 
     def _schedule(self) -> None:
         """Serve lenders waiting to unblock, then let the policy place ready tasks."""
+        if self._draining:  # nodes scaled away by hand go once idle (see scaling.py)
+            self._reap_drained()
         self._schedule_pass()
         if self._scaling and self._shapes:
             self._maybe_autoscale()
