@@ -116,7 +116,7 @@ class DaskCluster:
         with Client(self.address, timeout=timeout, set_as_default=False) as c:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                info = c.scheduler_info(n_workers=-1)
+                info = _identity(c)
                 have = {str(w.get("name")) for w in info["workers"].values()}
                 if want <= have:
                     return
@@ -133,7 +133,7 @@ class DaskCluster:
         from distributed import Client
 
         with Client(self.address, timeout=30, set_as_default=False) as c:
-            for addr, w in c.scheduler_info(n_workers=-1)["workers"].items():
+            for addr, w in _identity(c)["workers"].items():
                 if str(w.get("name")) == name:
                     return int(c.run(os.getpid, workers=[addr])[addr])
         raise KeyError(f"no worker named {name!r}")
@@ -169,6 +169,15 @@ class DaskCluster:
         """Pids of processes this cluster started (or their children) that still run."""
         return [p for p in self.pids if psutil.pid_exists(p)
                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def _identity(client: Any) -> dict[str, Any]:
+    """The scheduler's identity with every worker, asked now.
+
+    Not ``client.scheduler_info()``: that returns a cache the client's periodic
+    callback may overwrite at any moment with an identity listing no workers.
+    """
+    return dict(client.sync(client.scheduler.identity, n_workers=-1))
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:

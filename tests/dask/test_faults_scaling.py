@@ -144,3 +144,46 @@ def test_losing_the_scheduler_fails_pending_refs_clearly(own_procs):
         runtime.get(ref, timeout=30)
     runtime.shutdown()
     assert not runtime.is_initialized()
+
+
+def test_autoscaling_a_spec_cluster_with_a_worker_spec_per_node_type(tmp_path):
+    """A SpecCluster that starts with one ``cpu-1`` worker: GPU demand adds a ``gpu-<n>``
+    worker spec (threads and resources from its node type); idle, it is retired, while
+    ``cpu`` stays at its min_count."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    if runtime.is_initialized():
+        runtime.shutdown()
+    base = {"host": "127.0.0.1", "dashboard": False, "local_directory": str(tmp_path)}
+    cpu_spec = {"cls": Nanny, "options": {**base, "name": "cpu-1", "nthreads": 1,
+                                          "resources": {"CPU": 1}}}
+    cluster = SpecCluster(
+        workers={"cpu-1": cpu_spec},
+        scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False}},
+        worker={"cls": Nanny, "options": base},
+    )
+    try:
+        node_types = [{"name": "cpu", "resources": {"CPU": 1}, "min_count": 1},
+                      {"name": "gpu", "resources": {"CPU": 2, "GPU": 1},
+                       "accelerator_type": "T4", "cost_per_hour": 1.0}]
+        events = []
+        runtime.init(cluster, node_types=node_types, min_workers=1,
+                     autoscaler=runtime.autoscaling.DemandAutoscaler(idle_timeout=2.0),
+                     autoscale_interval=0.3, **run_options())
+        runtime.subscribe(events.append)
+        assert runtime.get(where.remote(), timeout=60) == "cpu-1"
+        ref = where.options(num_gpus=1, accelerator_type="T4").remote()
+        gpu_name = runtime.get(ref, timeout=120)
+        assert gpu_name.startswith("gpu-") and gpu_name in cluster.worker_spec
+        spec = cluster.worker_spec[gpu_name]["options"]
+        assert spec["nthreads"] == 2 and spec["resources"] == {"CPU": 2, "GPU": 1,
+                                                                "accelerator_type:T4": 1}
+        node = {n["NodeID"]: n for n in runtime.nodes()}[gpu_name]
+        assert node["NodeType"] == "gpu" and node["Labels"] == {"accelerator_type": "T4"}
+        _wait_for(lambda: [n["NodeID"] for n in runtime.nodes()] == ["cpu-1"], timeout=60,
+                  what="the idle GPU worker to be retired")
+        assert any(e.kind == "node_removed" and e.node == gpu_name for e in events)
+        assert set(cluster.worker_spec) == {"cpu-1"}
+    finally:
+        runtime.shutdown()
+        cluster.close(timeout=30)

@@ -12,8 +12,10 @@ from typing import Any
 
 from runtime.backends.dask.backend import DaskBackend
 from runtime.backends.dask.common import ACCELERATOR_PREFIX, task_key, worker_shape
+from runtime.backends.dask.connect import SCHEMES, DaskConnectionError, check_timeout, connect
 
-__all__ = ["make_backend", "DaskBackend", "ACCELERATOR_PREFIX", "task_key", "worker_shape"]
+__all__ = ["make_backend", "DaskBackend", "DaskConnectionError", "SCHEMES", "ACCELERATOR_PREFIX",
+           "task_key", "worker_shape"]
 
 _UNUSED = ("num_cpus", "num_gpus", "resources", "nodes")
 
@@ -26,7 +28,7 @@ def make_backend(address: Any = None, **options: Any) -> DaskBackend:
     Options: ``cluster=`` (a cluster manager to scale), ``node_types=`` (what the
     autoscaler or ``scale`` may add), ``autoscaler=``, ``policy=``, ``security=``
     (a ``distributed.security.Security`` for TLS), ``timeout=`` (seconds to connect,
-    default 10), ``min_workers=`` (wait until that many workers joined, default 0),
+    default 10; :class:`DaskConnectionError` names the address when it fails), ``min_workers=`` (wait until that many workers joined, default 0),
     ``shutdown_cluster=True`` (``shutdown()`` also closes ``cluster``, default False:
     connecting never takes ownership), ``poll_interval=`` and ``autoscale_interval=`` (seconds),
     ``policy_window=`` (how many of the oldest ready tasks the policy sees per round, 256).
@@ -43,7 +45,7 @@ def make_backend(address: Any = None, **options: Any) -> DaskBackend:
     options = {k: v for k, v in options.items() if k not in _UNUSED}
     cluster = options.pop("cluster", None)
     security = options.pop("security", None)
-    timeout = options.pop("timeout", 10)
+    timeout = check_timeout(options.pop("timeout", 10))
     min_workers = options.pop("min_workers", 0)
     shutdown_cluster = bool(options.pop("shutdown_cluster", False))
     known = {"policy", "autoscaler", "node_types", "poll_interval", "autoscale_interval",
@@ -68,10 +70,7 @@ def make_backend(address: Any = None, **options: Any) -> DaskBackend:
             cluster = cluster if cluster is not None else address
             address = address.scheduler_address
         target = address if address is not None else cluster.scheduler_address
-        kw: dict[str, Any] = {"timeout": timeout, "set_as_default": False}
-        if security is not None:
-            kw["security"] = security
-        client = distributed.Client(target, **kw)
+        client = connect(str(target), timeout=timeout, security=security)
     try:
         if min_workers:
             client.wait_for_workers(min_workers, timeout=timeout)

@@ -24,7 +24,8 @@ import cloudpickle
 
 from runtime.errors import ActorDiedError, SerializationError, TaskCancelledError, make_task_error
 
-__all__ = ["TOPIC", "run_task", "create_actor", "call_actor", "drop_actor", "skip_actor_call",
+__all__ = ["TOPIC", "run_task", "create_actor", "call_actor", "drop_actor", "drop_actors",
+           "skip_actor_call",
            "interrupt_task", "in_task_thread", "seceded", "worker_backend", "node_name"]
 
 #: The dask event topic the wrapper reports on (``client.subscribe_topic``).
@@ -453,3 +454,8 @@ def drop_actor(session: str, actor_id: int) -> bool:
         finally:
             box.cond.release()
     return True
+
+
+def drop_actors(session: str, actor_ids: list[int]) -> int:
+    """Drop several actors' instances here (shutdown); returns how many were found."""
+    return sum(drop_actor(session, a) for a in actor_ids)

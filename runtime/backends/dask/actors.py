@@ -13,6 +13,7 @@ the new instance.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from runtime.backends.dask import _remote
@@ -80,13 +81,20 @@ class ActorManager:
         actor.addr = None
         actor.node = None
 
-    def _ensure_ready(self, actor: _Actor) -> None:
-        """Wait for the constructor (first call only); a failing one kills the actor."""
+    def _ensure_ready(self, actor: _Actor, timeout: float | None = None) -> None:
+        """Wait for the constructor (first call only); a failing one kills the actor.
+
+        With ``timeout``, give up waiting after that many seconds (``kill``).
+        """
         if actor.addr is not None or actor.dead is not None:
             return
         fut = actor.create_fut
         try:
-            addr = fut.result()
+            addr = fut.result(timeout=timeout)
+        except TimeoutError:
+            if timeout is None:
+                raise
+            return
         except Exception as exc:  # noqa: BLE001 - constructor error or worker loss
             with actor.lock:
                 if actor.create_fut is fut:
@@ -100,14 +108,14 @@ class ActorManager:
                 actor.node = self._node_of(addr)
 
     def _node_of(self, addr: str) -> str | None:
-        for nid, a in list(self.b._addr_of.items()):
-            if a == addr:
-                return nid
-        self.b.refresh_workers()
-        for nid, a in list(self.b._addr_of.items()):
-            if a == addr:
-                return nid
-        return None
+        node = self.b._name_of.get(addr)
+        if node is None:
+            try:
+                self.b.refresh_workers()
+            except Exception:  # noqa: BLE001 - scheduler busy: the poll will tell
+                return None
+            node = self.b._name_of.get(addr)
+        return node
 
     # calls ------------------------------------------------------------------
     def call(self, aid: int, method: str, args: tuple[Any, ...],
@@ -160,11 +168,9 @@ class ActorManager:
             return
         actor.calls.pop(task.id, None)
         try:
-            self.b.client.run(_remote.skip_actor_call, self.b.session, actor.id, task.actor[1],
-                              "driver",
-                              task.actor[2],
-                              workers=[actor.addr], on_error="ignore")
-        except Exception:  # noqa: BLE001 - the worker is gone anyway
+            self.b.run_on_workers(_remote.skip_actor_call, self.b.session, actor.id,
+                                  task.actor[1], "driver", task.actor[2], workers=[actor.addr])
+        except Exception:  # noqa: BLE001 - the worker is gone (or stuck) anyway
             pass
 
     # death, restart, kill ---------------------------------------------------
@@ -173,12 +179,17 @@ class ActorManager:
         actor = self._actors.get(aid)
         if actor is None:
             return
-        self._ensure_ready(actor)
+        self._ensure_ready(actor, timeout=10.0)
+        if actor.addr is None and actor.dead is None and actor.create_fut is not None:
+            try:  # the constructor is still queued or running: do not let it finish
+                self.b._bounded(self.b.client._cancel, [actor.create_fut], force=True)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
         if actor.addr is not None:
             try:
-                self.b.client.run(_remote.drop_actor, self.b.session, aid, workers=[actor.addr],
-                                  on_error="ignore")
-            except Exception:  # noqa: BLE001 - worker already gone
+                self.b.run_on_workers(_remote.drop_actor, self.b.session, aid,
+                                      workers=[actor.addr])
+            except Exception:  # noqa: BLE001 - worker already gone (or stuck)
                 pass
         if no_restart:
             self._die(actor, ActorDiedError(f"{actor.name} (id {aid})", "it was killed"))
@@ -188,10 +199,11 @@ class ActorManager:
     def _publish(self, actor: _Actor) -> None:
         """Tell callers in other tasks where the actor lives (scheduler metadata)."""
         try:
-            self.b.client.set_metadata(
-                [_remote.ACTOR_META, self.b.session, str(actor.id)],
-                [actor.addr, actor.generation, actor.name,
-                 actor.dead.reason if actor.dead is not None else None])
+            self.b._bounded(
+                self.b.client.scheduler.set_metadata,
+                keys=[_remote.ACTOR_META, self.b.session, str(actor.id)],
+                value=[actor.addr, actor.generation, actor.name,
+                       actor.dead.reason if actor.dead is not None else None])
         except Exception:  # noqa: BLE001 - scheduler gone
             pass
 
@@ -240,7 +252,8 @@ class ActorManager:
             for t in old:
                 t.placed = False
         try:
-            self.b.client.cancel([f for f in stale if f is not None], force=True)
+            self.b._bounded(self.b.client._cancel, [f for f in stale if f is not None],
+                            force=True)
         except Exception:  # noqa: BLE001 - best effort
             pass
         self._ensure_ready(actor)
@@ -266,16 +279,27 @@ class ActorManager:
                     out[k] = out.get(k, 0.0) + v
         return {k: min(v, free.get(k, 0.0)) for k, v in out.items()}
 
-    def shutdown(self) -> None:
-        """Forget every actor (their workers keep running; instances are dropped lazily)."""
+    def shutdown(self, budget: Callable[[], float] = lambda: 5.0) -> None:
+        """Drop every live actor's instance (one bounded call per worker) and forget them.
+
+        ``budget()`` gives the seconds left for cluster calls; a worker that does not
+        answer in time keeps its instances until it exits.
+        """
+        by_addr: dict[str, list[int]] = {}
         for actor in self._actors.values():
             if actor.addr is not None and actor.dead is None:
-                try:
-                    self.b.client.run(_remote.drop_actor, self.b.session, actor.id,
-                                      workers=[actor.addr],
-                                      on_error="ignore")
-                except Exception:  # noqa: BLE001 - shutting down
-                    pass
+                by_addr.setdefault(actor.addr, []).append(actor.id)
+        for addr, ids in sorted(by_addr.items()):
+            left = budget()
+            if left <= 0:
+                break
+            try:
+                self.b.run_on_workers(_remote.drop_actors, self.b.session, ids, workers=[addr],
+                                      timeout=left)
+            except TimeoutError:  # stuck: the rest are probably no better; stop asking
+                break
+            except Exception:  # noqa: BLE001 - shutting down: the worker is gone
+                pass
         self._actors.clear()
 
 

@@ -99,7 +99,11 @@ class DaskBackend(ClusterView, Backend):
             return
         # driver: the cluster view, the event topic, actors, policy and autoscaler
         self._workers: dict[str, tuple[str, str, Resources, dict[str, str], str]] = {}
-        self._addr_of: dict[str, str] = {}
+        self._addr_of: dict[str, str] = {}  # node id -> address of its current worker
+        self._name_of: dict[str, str] = {}  # address -> node id, of every worker seen
+        # node id -> (total, labels) of every worker seen this session: a request that
+        # fits one of them stays feasible while that worker restarts
+        self._seen_shapes: dict[str, tuple[Resources, dict[str, str]]] = {}
         self._used: dict[str, dict[str, float]] = {}
         self._running: dict[int, tuple[str, Resources]] = {}
         self.poll_interval = poll_interval
@@ -535,8 +539,8 @@ class DaskBackend(ClusterView, Backend):
             if force and addr is not None:
                 self.client.restart_workers([addr], raise_for_error=False)
             else:
-                self.client.run(_remote.interrupt_task, tid,
-                                workers=[addr] if addr else None, on_error="ignore")
+                self.run_on_workers(_remote.interrupt_task, tid,
+                                    workers=[addr] if addr else None)
         except Exception:  # noqa: BLE001 - best effort: the ref is cancelled anyway
             log.debug("interrupting task %s failed", tid, exc_info=True)
         return True
@@ -617,12 +621,30 @@ class DaskBackend(ClusterView, Backend):
 
     def worker_pids(self) -> list[int]:
         """Process ids of the dask worker processes (each on its own host)."""
-        return sorted(int(p) for p in self.client.run(os.getpid, on_error="ignore").values()
+        return sorted(int(p) for p in self.run_on_workers(os.getpid, timeout=10).values()
                       if isinstance(p, int))
 
     # ------------------------------------------------------------------ lifecycle
+    def _bounded(self, fn: Callable[..., Any], *args: Any, timeout: float = 5.0,
+                 **kwargs: Any) -> Any:
+        """Run the client coroutine function ``fn`` on the client's loop, giving up after
+        ``timeout`` seconds (``TimeoutError``): a blocked worker or a gone scheduler must
+        never hang the driver."""
+        return self.client.sync(fn, *args, callback_timeout=max(timeout, 0.01), **kwargs)
+
+    def run_on_workers(self, fn: Callable[..., Any], *args: Any, workers: list[str] | None = None,
+                       timeout: float = 5.0) -> dict[str, Any]:
+        """``client.run(fn, *args)`` on ``workers`` (default all), errors ignored, bounded."""
+        return self._bounded(self.client._run, fn, *args, workers=workers, on_error="ignore",
+                             timeout=timeout) or {}
+
     def shutdown(self) -> None:
-        """Stop threads, fail pending refs with ``RuntimeShutdownError``, close what we own."""
+        """Stop threads, fail pending refs with ``RuntimeShutdownError``, close what we own.
+
+        Every call to the cluster here is bounded (5 s each, 10 s in all before
+        closing the client, none after one timed out), so shutdown returns even when
+        a worker or the scheduler does not answer.
+        """
         if self._closed:
             return
         self._closed = True
@@ -630,12 +652,17 @@ class DaskBackend(ClusterView, Backend):
             self._cond.notify_all()
         if self.role == "worker":
             return
+        deadline = [time.monotonic() + 10.0]
+
+        def left() -> float:
+            return min(5.0, deadline[0] - time.monotonic())
+
         self.control.stop()
-        try:
-            self.client.unsubscribe_topic(_remote.TOPIC)
-            self.client.unsubscribe_topic("all")
-        except Exception:  # noqa: BLE001 - client already closed
-            pass
+        for topic in (_remote.TOPIC, "all"):
+            try:
+                self.client.unsubscribe_topic(topic)  # only sends a message
+            except Exception:  # noqa: BLE001 - client already closed
+                pass
         pending = [tid for tid, f in self._futs.items() if not f.done()]
         pending += [tid for tid, t in self._tasks.items() if not t.placed]
         for tid in pending:
@@ -643,14 +670,16 @@ class DaskBackend(ClusterView, Backend):
                 f"the runtime was shut down before task {tid} finished"))
         futs = [f for f in self._futs.values() if not f.done()]
         try:
-            if futs:
-                self.client.cancel(futs, force=True)
-            if self._running:
-                self.client.run(_remote.interrupt_tasks, sorted(self._running),
-                                on_error="ignore")
+            if futs and left() > 0:
+                self._bounded(self.client._cancel, futs, force=True, timeout=left())
+            if self._running and left() > 0:
+                self.run_on_workers(_remote.interrupt_tasks, sorted(self._running),
+                                    timeout=left())
+        except TimeoutError:  # a worker (or the scheduler) does not answer: stop asking
+            deadline[0] = time.monotonic()
         except Exception:  # noqa: BLE001 - scheduler gone
-            pass
-        self.actors.shutdown()
+            log.debug("cancelling at shutdown failed", exc_info=True)
+        self.actors.shutdown(left)
         if self._poller.is_alive():
             self._poller.join(timeout=2 * self.poll_interval + 1)
         if self._owns_client:

@@ -86,7 +86,12 @@ class SpecClusterManager:
     def add(self, node_type: str, count: int) -> list[str]:
         """Start ``count`` workers of ``node_type``; returns their names."""
         nt = self.node_types[node_type]
-        names = [f"{node_type}-{next(self._n)}" for _ in range(count)]
+        taken = set(map(str, self.cluster.worker_spec))  # the cluster may come with workers
+        names: list[str] = []
+        while len(names) < count:
+            name = f"{node_type}-{next(self._n)}"
+            if name not in taken:
+                names.append(name)
         specs = {n: self.spec_for(nt, n) for n in names}
         self._apply(lambda ws: ws.update(specs))
         return names
@@ -137,19 +142,30 @@ class Control:
 
     # feasibility ------------------------------------------------------------
     def check_feasible(self, info: TaskInfo) -> None:
-        """Raise ``InfeasibleRequestError`` when no worker (nor addable type) fits ``info``."""
+        """Raise ``InfeasibleRequestError`` when no worker (nor addable type) fits ``info``.
+
+        Workers seen earlier in this session that are not connected now (a nanny
+        restarting a crashed worker) still count: the request waits for them.
+        """
         # declared node types count: a cluster manager, or a person, can add such a worker
         types = [nt.shape() for nt in self.node_types.values()]
+
+        def shapes() -> list[tuple[str, Resources, dict[str, str]]]:
+            return [*self.b.node_shapes(), *self.b.seen_shapes()]
+
         if "memory" in info.request and not any(
-                "memory" in t for _, t, _ in [*self.b.node_shapes(), *types]):
+                "memory" in t for _, t, _ in [*shapes(), *types]):
             # workers do not declare memory (dask worker --resources memory=...): not checked
             req = {k: v for k, v in info.request.items() if k != "memory"}
             info = dataclasses.replace(info, request=Resources._trusted(req))
         try:
-            check_feasible(info, self.b.node_shapes(), types)
+            check_feasible(info, shapes(), types)
         except InfeasibleRequestError:
-            self.b.refresh_workers()  # a worker may have joined since the last poll
-            check_feasible(info, self.b.node_shapes(), types)
+            try:
+                self.b.refresh_workers()  # a worker may have joined since the last poll
+            except Exception:  # noqa: BLE001 - scheduler slow: judge by what we know
+                log.debug("refreshing workers for a feasibility check", exc_info=True)
+            check_feasible(info, shapes(), types)
 
     def describe(self) -> dict[str, Any]:
         """Policy and autoscaler names for status views."""

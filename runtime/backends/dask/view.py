@@ -111,9 +111,13 @@ class ClusterView:
         """Read the workers from the scheduler; publish node added/removed events.
 
         A worker that restarted under the same name (a nanny restart) has a new
-        address: it is reported as removed, then added.
+        address: it is reported as removed, then added. Raises (and changes nothing)
+        when the scheduler does not answer within 10 s.
         """
-        info = self.client.scheduler_info(n_workers=-1)
+        # not client.scheduler_info(): it returns the client's cached identity, which
+        # its periodic callback may overwrite at any moment with one that lists no
+        # workers (n_workers=0) -- every worker then looked gone and actors "died"
+        info = self._bounded(self.client.scheduler.identity, n_workers=-1, timeout=10.0)
         with self._refresh_lock:
             seen: dict[str, tuple[str, str, Resources, dict[str, str], str]] = {}
             addrs: dict[str, str] = {}
@@ -127,6 +131,9 @@ class ClusterView:
                 old, old_addrs = self._workers, dict(self._addr_of)
                 self._workers = seen
                 self._addr_of.update(addrs)
+                self._name_of.update((a, n) for n, a in addrs.items())
+                for nid, (_, _, total, labels, _) in seen.items():
+                    self._seen_shapes[nid] = (total, labels)
             gone = sorted(n for n in old if n not in seen or addrs[n] != old_addrs.get(n))
             new = sorted(n for n in seen if n not in old or addrs[n] != old_addrs.get(n))
             for nid in gone:
@@ -160,8 +167,19 @@ class ClusterView:
     def _on_worker_removed(self, msg: dict[str, Any]) -> None:
         """Count a death against each task the worker was running (dask's 'suspicious')."""
         addr = msg.get("worker")
-        node = next((n for n, a in self._addr_of.items() if a == addr), addr)
+        # by name, also when the poll already dropped the worker (never by address)
+        node = self._name_of.get(addr) or next(
+            (n for n, a in self._addr_of.items() if a == addr), None)
+        if node is None:
+            try:
+                self.refresh_workers()
+            except Exception:  # noqa: BLE001 - scheduler busy: fall back below
+                pass
+            node = self._name_of.get(addr, str(addr))
         if msg.get("expected"):
+            # retired or closed on purpose: it no longer makes requests feasible
+            if self._addr_of.get(node, addr) == addr:
+                self._seen_shapes.pop(node, None)
             return
         for key in sorted(map(str, msg.get("processing-tasks") or ())):
             tid = self._key_ids.get(key)
@@ -215,6 +233,13 @@ class ClusterView:
     def node_shapes(self) -> list[tuple[str, Resources, dict[str, str]]]:
         """``(node id, total, labels)`` of every worker (for feasibility checks)."""
         return [(n, t, lb) for n, (_, _, t, lb, _) in sorted(self._workers.items())]
+
+    def seen_shapes(self) -> list[tuple[str, Resources, dict[str, str]]]:
+        """``(node id, total, labels)`` of workers seen this session that are not connected
+        now (restarting after a crash, or briefly gone); workers retired on purpose are
+        forgotten."""
+        return [(n, t, lb) for n, (t, lb) in sorted(self._seen_shapes.items())
+                if n not in self._workers]
 
     def nodes(self) -> list[NodeInfo]:
         """Every worker as a node, in id order; free = total - requests of running tasks."""
