@@ -12,6 +12,7 @@ it is ignored between tasks. The process exits when the driver's end closes.
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import signal
 import sys
@@ -309,6 +310,12 @@ def _flush_streams() -> None:
             pass
 
 
+def _call(target: Any, args_blob: Any, deps: Any) -> Any:
+    """Resolve a task's arguments (inside the task, so errors are the task's) and call it."""
+    args, kwargs = _resolve(args_blob, deps)
+    return target(*args, **kwargs)
+
+
 def _handle(chan: Channel, state: _State, msg: Any) -> bool:
     kind = msg[0]
     if kind == "run":
@@ -316,12 +323,7 @@ def _handle(chan: Channel, state: _State, msg: Any) -> bool:
         fn = state.fns.get(fn_id)
         if fn is None:
             fn = state.fns[fn_id] = cloudpickle.loads(fn_bytes)
-
-        def call() -> Any:
-            args, kwargs = _resolve(args_blob, deps)
-            return fn(*args, **kwargs)
-
-        _run(chan, state, tid, name, call)
+        _run(chan, state, tid, name, functools.partial(_call, fn, args_blob, deps))
     elif kind == "call":
         _, tid, method, args_blob, deps, name = msg
         if state.actor is None:
@@ -329,12 +331,7 @@ def _handle(chan: Channel, state: _State, msg: Any) -> bool:
                 RuntimeError("actor has no instance"), name, tid, state.node, state.owner)))
             return True
         bound = getattr(state.actor, method)
-
-        def call() -> Any:
-            args, kwargs = _resolve(args_blob, deps)
-            return bound(*args, **kwargs)
-
-        _run(chan, state, tid, name, call)
+        _run(chan, state, tid, name, functools.partial(_call, bound, args_blob, deps))
     elif kind == "actor":
         _, aid, cls_bytes, args_blob, deps, name = msg
         state.actor_id = aid
