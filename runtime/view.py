@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 from typing import TYPE_CHECKING, Any
 
+from runtime.backends.base import sum_resources
 from runtime.events import TASK_STATES
 from runtime.resources import format_resources
 
@@ -38,8 +39,8 @@ def status_rows(backend: Backend) -> dict[str, Any]:
     return {
         "describe": backend.describe(),
         "nodes": rows,
-        "total": backend.cluster_resources(),
-        "available": backend.available_resources(),
+        "total": sum_resources(nodes),
+        "available": sum_resources(nodes, free=True),
         "tasks": {s: counts.get(s, 0) for s in TASK_STATES},
     }
 

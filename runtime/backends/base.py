@@ -21,7 +21,7 @@ from runtime.resources import Resources
 if TYPE_CHECKING:
     from runtime.refs import ObjectRef
 
-__all__ = ["TaskSpec", "ActorSpec", "Backend"]
+__all__ = ["TaskSpec", "ActorSpec", "Backend", "sum_resources"]
 
 
 @dataclass(slots=True)
@@ -63,6 +63,17 @@ class ActorSpec:
     max_restarts: int = 0
     max_task_retries: int = 0
     methods: tuple[str, ...] = field(default_factory=tuple)
+
+
+def sum_resources(nodes: Sequence[NodeInfo], *, free: bool = False) -> dict[str, float]:
+    """Total resources of the live (up or draining) nodes, or with ``free`` the free
+    resources of the up nodes, by name."""
+    out: dict[str, float] = {}
+    for n in nodes:
+        if n.state == "up" or (not free and n.state == "draining"):
+            for k, v in (n.free if free else n.total).items():
+                out[k] = out.get(k, 0.0) + v
+    return dict(sorted(out.items()))
 
 
 class Backend(abc.ABC):
@@ -150,21 +161,11 @@ class Backend(abc.ABC):
 
     def cluster_resources(self) -> dict[str, float]:
         """Total resources of the live nodes."""
-        out: dict[str, float] = {}
-        for n in self.nodes():
-            if n.state in ("up", "draining"):
-                for k, v in n.total.items():
-                    out[k] = out.get(k, 0.0) + v
-        return dict(sorted(out.items()))
+        return sum_resources(self.nodes())
 
     def available_resources(self) -> dict[str, float]:
         """Free resources of the up nodes."""
-        out: dict[str, float] = {}
-        for n in self.nodes():
-            if n.state == "up":
-                for k, v in n.free.items():
-                    out[k] = out.get(k, 0.0) + v
-        return dict(sorted(out.items()))
+        return sum_resources(self.nodes(), free=True)
 
     def describe(self) -> dict[str, Any]:
         """A summary for reprs and ``%cluster status`` (backend, address, policy...)."""
