@@ -53,15 +53,37 @@ class WorkerProc:
     log: Path
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for a TLS cluster: the CA, and one cert + key the processes present."""
+
+    ca_file: Path
+    cert: Path
+    key: Path
+
+    def cli_args(self) -> list[str]:
+        """The ``dask scheduler`` / ``dask worker`` flags that use these files."""
+        return ["--tls-ca-file", str(self.ca_file), "--tls-cert", str(self.cert),
+                "--tls-key", str(self.key)]
+
+    def security(self) -> Any:
+        """A ``distributed.security.Security`` for a client presenting this cert."""
+        from distributed.security import Security
+
+        return Security(tls_ca_file=str(self.ca_file), tls_client_cert=str(self.cert),
+                        tls_client_key=str(self.key), require_encryption=True)
+
+
 @dataclass
 class DaskCluster:
-    """A scheduler process and named worker processes on 127.0.0.1."""
+    """A scheduler process and named worker processes on 127.0.0.1 (TLS if ``tls`` is set)."""
 
     workdir: Path
     address: str = ""
     scheduler: subprocess.Popen[bytes] | None = None
     workers: dict[str, WorkerProc] = field(default_factory=dict)
     pids: set[int] = field(default_factory=set)
+    tls: TLSFiles | None = None
 
     def start_scheduler(self, timeout: float = 60) -> str:
         """Start the scheduler; returns its address once it accepts connections."""
@@ -69,11 +91,13 @@ class DaskCluster:
         log = self.workdir / "scheduler.log"
         cmd = [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1",
                "--port", str(port), "--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
+        if self.tls is not None:
+            cmd += ["--protocol", "tls", *self.tls.cli_args()]
         with log.open("wb") as out:  # the child keeps its own copy of the descriptor
             self.scheduler = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=out,
                                               stderr=subprocess.STDOUT, start_new_session=True)
         self.pids.add(self.scheduler.pid)
-        self.address = f"tcp://127.0.0.1:{port}"
+        self.address = f"{self.scheme}://127.0.0.1:{port}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.scheduler.poll() is not None:
@@ -85,6 +109,15 @@ class DaskCluster:
                 time.sleep(0.1)
         raise TimeoutError(f"dask scheduler did not listen within {timeout} s: "
                            f"{log.read_text()[-2000:]}")
+
+    @property
+    def scheme(self) -> str:
+        """The comm scheme of this cluster's addresses: ``tls`` or ``tcp``."""
+        return "tls" if self.tls is not None else "tcp"
+
+    def client_options(self) -> dict[str, Any]:
+        """Keywords for ``distributed.Client`` / ``runtime.init`` to reach this cluster."""
+        return {"security": self.tls.security()} if self.tls is not None else {}
 
     def add_worker(self, name: str, nthreads: int, resources: Mapping[str, float] | None = None,
                    *, nanny: bool = True) -> WorkerProc:
@@ -100,6 +133,8 @@ class DaskCluster:
             cmd += ["--resources", ",".join(f"{k}={v:g}" for k, v in res.items())]
         if not nanny:
             cmd.append("--no-nanny")
+        if self.tls is not None:
+            cmd += ["--protocol", "tls", *self.tls.cli_args()]
         with log.open("wb") as out:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
@@ -113,7 +148,8 @@ class DaskCluster:
         from distributed import Client
 
         want = set(names or self.workers)
-        with Client(self.address, timeout=timeout, set_as_default=False) as c:
+        with Client(self.address, timeout=timeout, set_as_default=False,
+                    **self.client_options()) as c:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 info = _identity(c)
@@ -132,7 +168,8 @@ class DaskCluster:
         """Pid of the worker process itself (the nanny's child), for SIGKILL tests."""
         from distributed import Client
 
-        with Client(self.address, timeout=30, set_as_default=False) as c:
+        with Client(self.address, timeout=30, set_as_default=False,
+                    **self.client_options()) as c:
             for addr, w in _identity(c)["workers"].items():
                 if str(w.get("name")) == name:
                     return int(c.run(os.getpid, workers=[addr])[addr])
@@ -215,10 +252,15 @@ CONFORMANCE_WORKERS: dict[str, tuple[int, dict[str, float]]] = {
 
 @contextmanager
 def dask_cluster(workdir: Path, workers: Mapping[str, tuple[int, Mapping[str, float]]]
-                 | None = None, timeout: float = 90) -> Iterator[DaskCluster]:
-    """A running scheduler + workers (default: the conformance cluster); stopped on exit."""
+                 | None = None, timeout: float = 90, *,
+                 tls: TLSFiles | None = None) -> Iterator[DaskCluster]:
+    """A running scheduler + workers (default: the conformance cluster); stopped on exit.
+
+    With ``tls``, every process listens on ``tls://`` and requires certificates
+    signed by ``tls.ca_file``; connect with ``c.client_options()``.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
-    c = DaskCluster(workdir)
+    c = DaskCluster(workdir, tls=tls)
     try:
         c.start_scheduler(timeout)
         for name, (n, res) in (workers or CONFORMANCE_WORKERS).items():

@@ -31,7 +31,9 @@ def make_backend(address: Any = None, **options: Any) -> DaskBackend:
     default 10; :class:`DaskConnectionError` names the address when it fails), ``min_workers=`` (wait until that many workers joined, default 0),
     ``shutdown_cluster=True`` (``shutdown()`` also closes ``cluster``, default False:
     connecting never takes ownership), ``poll_interval=`` and ``autoscale_interval=`` (seconds),
-    ``policy_window=`` (how many of the oldest ready tasks the policy sees per round, 256).
+    ``policy_window=`` (how many of the oldest ready tasks the policy sees per round, 256),
+    ``prefetch=`` (default True: with a first-fit-style policy, each placed task may have
+    one task of its shape queued behind it on its worker; an int sets how many).
     """
     import distributed
 
@@ -49,7 +51,7 @@ def make_backend(address: Any = None, **options: Any) -> DaskBackend:
     min_workers = options.pop("min_workers", 0)
     shutdown_cluster = bool(options.pop("shutdown_cluster", False))
     known = {"policy", "autoscaler", "node_types", "poll_interval", "autoscale_interval",
-             "policy_window"}
+             "policy_window", "prefetch"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for the dask backend; "

@@ -212,6 +212,7 @@ def run_task(fn: Callable[..., Any], meta: tuple[Any, ...], args: tuple[Any, ...
                          worker=worker, retry=retry, max_retries=max_retries)
     except BaseException:
         _flush_start(worker, task_id)
+        _began.pop(task_id, None)
         raise
     finally:
         _current.session = outer
@@ -224,6 +225,7 @@ def run_task(fn: Callable[..., Any], meta: tuple[Any, ...], args: tuple[Any, ...
 #: short tasks. The monitor shows such a task as running slightly late.
 START_DELAY = 0.02
 _starts: dict[int, dict[str, Any]] = {}
+_began: dict[int, float] = {}  # task id -> when it started here
 
 
 _flusher: list[Any] = []  # the worker's periodic callback that sends late starts
@@ -233,6 +235,7 @@ def _defer_start(worker: Any, msg: dict[str, Any]) -> None:
     msg["at"] = time.monotonic()
     with _lock:
         _starts[msg["t"]] = msg
+        _began[msg["t"]] = msg["at"]
         if not _flusher:
             from tornado.ioloop import PeriodicCallback
 
@@ -261,12 +264,16 @@ def _flush_start(worker: Any, task_id: int) -> None:
 
 
 def _end(worker: Any, task_id: int, node: str) -> None:
+    """Report the end and how long the task ran (``d``, seconds: sizes the driver's
+    prefetch depth)."""
+    now = time.monotonic()
     with _lock:
         start = _starts.pop(task_id, None)
+        t0 = _began.pop(task_id, now)
     if start is None:
-        _log(worker, {"e": "end", "t": task_id, "w": node})
+        _log(worker, {"e": "end", "t": task_id, "w": node, "d": now - t0})
     else:
-        _log(worker, {**start, "e": "done"})
+        _log(worker, {**start, "e": "done", "d": now - t0})
 
 
 def interrupt_task(task_id: int) -> bool:

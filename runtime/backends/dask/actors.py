@@ -73,11 +73,16 @@ class ActorManager:
         spec = actor.spec
         args, kwargs = self.b._prepare_args(spec.name, spec.args, spec.kwargs)
         res = dask_resources(spec.request, spec.options.get("accelerator_type"))
+        # with a policy, the policy picks the worker and the actor's request is held
+        # there for its life, so its calls find a free thread (else dask picks)
+        node = self.b.control.place_actor(spec_info(spec, actor.id, self.b.now()))
+        addr = self.b._addr_of.get(node) if node is not None else None
         actor.create_fut = self.b.client.submit(
             _remote.create_actor, self.b.session, actor.id, actor.generation, spec.name,
             spec.cls, args, kwargs, pure=False,
             key=f"{task_key(spec.name, actor.id, self.b.session)}-actor-g{actor.generation}",
-            resources=res or None, retries=0)
+            resources=res or None, retries=0, workers=[addr] if addr else None,
+            allow_other_workers=False)
         actor.addr = None
         actor.node = None
 
@@ -210,6 +215,7 @@ class ActorManager:
     def _die(self, actor: _Actor, err: ActorDiedError) -> None:
         with actor.lock:
             actor.dead = err
+        self.b.control.actor_gone(actor.id)
         self._publish(actor)
         with actor.lock:
             calls = list(actor.calls.values())

@@ -13,16 +13,16 @@ about unmet demand; its decisions are applied to a dask cluster manager
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import logging
+import math
 import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-
-from distributed import Future
 
 from runtime.autoscaling import NodeType, ScaleDecision, get_autoscaler
 from runtime.backends.dask.common import ACCELERATOR_PREFIX
@@ -37,6 +37,7 @@ from runtime.events import EventKind
 from runtime.policies import NodeIndex, Place, Preempt, TaskInfo, check_placement
 from runtime.policies import get_policy as _get_policy
 from runtime.policies.base import check_feasible
+from runtime.refs import ObjectRef
 from runtime.resources import Resources
 
 if TYPE_CHECKING:
@@ -106,13 +107,48 @@ class SpecClusterManager:
         return [str(n) for n in self.cluster.worker_spec]
 
 
+#: Most tasks sent ahead per running task with ``prefetch=True`` (for very short tasks).
+PREFETCH_MAX = 8
+#: With ``prefetch=True``, enough tasks are sent ahead to cover this many seconds of a
+#: shape's mean run time: about the round trip from a task's end to its successor's
+#: arrival on the worker.
+PREFETCH_HORIZON = 0.03
+
+
+def _shape(info: TaskInfo) -> tuple[Resources, str | None]:
+    """What makes two tasks interchangeable for a slot: request and accelerator type."""
+    return (info.request, info.accelerator_type)
+
+
+def _fifo(task: _Task) -> tuple[float, int]:
+    return (task.info.submitted_at, task.id)
+
+
 class Control:
     """Feasibility checks, the policy placement loop and the autoscaler loop of one backend."""
 
     def __init__(self, backend: DaskBackend, *, policy: Any = None, autoscaler: Any = None,
-                 node_types: Any = None, interval: float = 1.0, window: int = 256) -> None:
+                 node_types: Any = None, interval: float = 1.0, window: int = 256,
+                 prefetch: int | bool = True) -> None:
         self.b = backend
         self.policy = _get_policy(policy) if policy is not None else None
+        if not isinstance(prefetch, int) or (not isinstance(prefetch, bool) and prefetch < 0):
+            raise ValueError(f"prefetch={prefetch!r}: expected True (adaptive), False, or "
+                             f"how many tasks to send ahead per running task (an int >= 0)")
+        #: most tasks sent ahead per placed task (0: off); only for policies whose choice
+        #: depends on shape and order alone (``greedy_by_shape``: fifo, best_fit, spread).
+        #: ``True`` adapts it per shape to the tasks' run time (see :meth:`depth`).
+        self.prefetch = (PREFETCH_MAX if prefetch is True else int(prefetch)) \
+            if getattr(self.policy, "greedy_by_shape", False) else 0
+        self.adaptive = prefetch is True
+        self._runtime: dict[Any, float] = {}  # shape -> mean run time (EWMA), seconds
+        self._alloc: dict[int, tuple[str, Any]] = {}  # placed task -> (node, shape)
+        self._slots: collections.Counter[tuple[str, Any]] = collections.Counter()
+        self._ahead: dict[tuple[str, Any], collections.deque[_Task]] = {}
+        self._ahead_of: dict[int, tuple[str, Any]] = {}  # task sent ahead -> (node, shape)
+        self._greedy = bool(getattr(self.policy, "greedy_by_shape", False))
+        self._shape_count: collections.Counter[tuple[Resources, str | None]] = \
+            collections.Counter()  # pending tasks by shape
         self.autoscaler = get_autoscaler(autoscaler) if autoscaler is not None else None
         self.node_types: dict[str, NodeType] = {}
         if node_types:
@@ -130,12 +166,18 @@ class Control:
         self.window = window
         self.dirty = False
         self.grace = 0.3  # seconds a task may wait before it counts as unmet demand
+        #: least seconds between placement rounds: a burst of ends and submissions
+        #: becomes one round and one message to the scheduler per worker
+        self.gap = 0.01 if self.prefetch else 0.003
+        self._last_round = 0.0
         self.index = NodeIndex(clock=backend.now)
         self._pending: dict[int, _Task] = {}
         self._unplaced_since: dict[int, float] = {}
         self._booting: dict[str, tuple[str, float]] = {}
         self._last_decision: tuple[Any, ...] | None = None
-        self._lock = threading.RLock()
+        # the backend's lock: each side calls the other while holding its own, so two
+        # locks would deadlock (cancel -> dequeue against a round's submit)
+        self._lock = backend._lock
         self._wake = threading.Condition(self._lock)
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -207,6 +249,9 @@ class Control:
                     return
             try:
                 if self.policy is not None:
+                    wait = self._last_round + self.gap - time.monotonic()
+                    if wait > 0:  # let more ends and submissions join this round
+                        time.sleep(wait)
                     self._place()
                 if self.autoscaler is not None and time.monotonic() >= next_scale:
                     next_scale = time.monotonic() + self.interval
@@ -222,30 +267,93 @@ class Control:
     def enqueue(self, task: _Task) -> None:
         """Hold a task until the policy places it."""
         with self._lock:
-            self._pending[task.id] = task
+            self._pend(task)
         self._poke()
 
+    def _pend(self, task: _Task) -> None:
+        self._pending[task.id] = task
+        self._shape_count[_shape(task.info)] += 1
+
     def dequeue(self, task_id: int) -> None:
-        """Forget a held task (cancelled)."""
+        """Forget a held task (cancelled, failed, or placed), also one sent ahead."""
         with self._lock:
-            self._pending.pop(task_id, None)
+            task = self._pending.pop(task_id, None)
+            if task is not None:
+                shape = _shape(task.info)
+                self._shape_count[shape] -= 1
+                if self._shape_count[shape] <= 0:
+                    del self._shape_count[shape]
             self._unplaced_since.pop(task_id, None)
+            key = self._ahead_of.pop(task_id, None)
+            if key is not None:
+                q = self._ahead.get(key)
+                if q is not None:
+                    for t in q:
+                        if t.id == task_id:
+                            q.remove(t)
+                            break
+
+    def observe(self, task: _Task, seconds: float) -> None:
+        """Record how long a task of this shape ran (a moving mean per shape)."""
+        if self.prefetch and self.adaptive:
+            shape = _shape(task.info)
+            old = self._runtime.get(shape)
+            self._runtime[shape] = seconds if old is None else 0.8 * old + 0.2 * seconds
+
+    def depth(self, shape: Any) -> int:
+        """Tasks of ``shape`` sent ahead per running one: ``prefetch``, or with
+        ``prefetch=True`` as many as cover ``PREFETCH_HORIZON`` seconds of the shape's
+        mean run time (1 until one ended; at least 1, at most ``PREFETCH_MAX``)."""
+        if not self.adaptive or not self.prefetch:
+            return self.prefetch
+        mean = self._runtime.get(shape)
+        if mean is None:
+            return 1
+        return max(1, min(PREFETCH_MAX, math.ceil(PREFETCH_HORIZON / max(mean, 1e-6))))
+
+    def _allocate(self, task: _Task, node: str) -> None:
+        self.index.allocate(task.info, node)
+        key = (node, _shape(task.info))
+        self._alloc[task.id] = key
+        self._slots[key] += 1
 
     def task_ended(self, task_id: int) -> None:
-        """A task finished or failed: give its resources back to the index.
+        """A task finished or failed: give its resources back to the index; a task sent
+        ahead to the same worker with the same shape takes the freed slot at once.
 
         The backend's event thread calls :meth:`place_if_dirty` once it has drained
         its queue, so a burst of ends makes one placement round, without a thread hop.
         """
-        if self.policy is not None:
-            with self._lock:
-                if self.index.release(task_id) is not None:
-                    self.dirty = True
+        if self.policy is None:
+            return
+        with self._lock:
+            if task_id in self._ahead_of:  # ran in a slot another task's end freed
+                self.dequeue(task_id)
+                self.dirty = True
+                return
+            if self.index.release(task_id) is None:
+                return
+            self.dirty = True
+            key = self._alloc.pop(task_id, None)
+            if key is None:
+                return
+            self._slots[key] -= 1
+            if self._slots[key] <= 0:
+                del self._slots[key]
+            q = self._ahead.get(key)
+            if q:
+                nxt = q.popleft()
+                del self._ahead_of[nxt.id]
+                self._allocate(nxt, key[0])
 
     def place_if_dirty(self) -> None:
-        """Run a placement round when resources were freed since the last one."""
+        """Run a placement round when resources were freed since the last one: now, or
+        (when the last round was under ``gap`` seconds ago) soon, on the control thread."""
         if self.dirty and self.policy is not None:
-            self._place()
+            if time.monotonic() - self._last_round >= self.gap:
+                self._place()
+            else:
+                self._poke()
 
     def node_added(self, node_id: str) -> None:
         """A worker joined."""
@@ -264,40 +372,81 @@ class Control:
         self._poke()
 
     def node_removed(self, node_id: str, lost: Sequence[int]) -> None:
-        """A worker left: tasks placed there go back to the policy (or fail)."""
+        """A worker left: tasks placed or sent ahead there go back to the policy.
+
+        ``lost`` are the tasks that were running there. Pinned tasks cannot move by
+        themselves (dask keeps them waiting for that worker's address), so each is
+        submitted again under a new key: one that never started silently, one that
+        was running as a retry (counted once, also when the scheduler's
+        remove-worker report counted it first), or failed with
+        ``WorkerCrashedError`` once its retries are spent.
+        """
         if self.policy is None:
             return
         with self._lock:
-            lost_ids = self.index.remove_node(node_id) if node_id in self.index else []
-            for tid in lost_ids:
+            ids = set(lost)
+            if node_id in self.index:
+                ids.update(self.index.remove_node(node_id))
+            for key in [k for k in self._ahead if k[0] == node_id]:
+                ids.update(t.id for t in self._ahead.pop(key))
+            for key in [k for k in self._slots if k[0] == node_id]:
+                del self._slots[key]
+            for tid in ids:
+                self._alloc.pop(tid, None)
+                self._ahead_of.pop(tid, None)
+            for tid in sorted(ids):
                 task = self.b._tasks.get(tid)
                 fut = self.b._futs.get(tid)
-                if task is None or tid in self.b._errors or (fut is not None and fut.done()
-                                                              and fut.status == "finished"):
+                if task is None or task.actor is not None or tid in self.b._errors or (
+                        fut is not None and fut.done() and fut.status == "finished"):
                     continue
-                attempts = max(task.attempts, 1)
-                if task.max_retries >= 0 and attempts >= task.max_retries + 1:
-                    self.b._fail(tid, WorkerCrashedError(task.name, tid, attempts, node_id,
-                                                         "its worker left the cluster"))
-                    continue
+                if task.attempts:  # it ran there
+                    if task.deaths < task.attempts:  # not counted by _on_worker_removed
+                        task.deaths = task.attempts
+                        if task.max_retries < 0 or task.deaths < task.max_retries + 1:
+                            self.b.events.emit(self.b.now(), EventKind.TASK_RETRIED, tid,
+                                               node_id, attempt=task.deaths + 1,
+                                               reason="worker left")
+                    if task.max_retries >= 0 and task.deaths >= task.max_retries + 1:
+                        self.b._fail(tid, WorkerCrashedError(task.name, tid, task.deaths,
+                                                             node_id,
+                                                             "its worker left the cluster"))
+                        continue
+                with self.b._lock:  # first: a waiter must not take the cancel as final
+                    self.b._futs.pop(tid, None)
                 if fut is not None:
                     try:
                         self.b.client.cancel([fut], force=True)
                     except Exception:  # noqa: BLE001 - best effort
                         pass
-                with self.b._lock:
-                    self.b._futs.pop(tid, None)
                 task.extra += 1
                 task.placed = False
-                self._pending[tid] = task
-                self.b.events.emit(self.b.now(), EventKind.TASK_RETRIED, tid, node_id,
-                                   attempt=attempts + 1, reason="worker left")
+                self._pend(task)
+            # results kept only there are lost: dask reported it before this event
+            lost_results = [tid for tid, f in list(self.b._futs.items())
+                            if f.status == "lost"]
+        if lost_results:
+            self.requeue_lost(lost_results)
         self._poke()
 
     def _ready(self, task: _Task) -> bool:
-        deps = [a for a in (*task.args, *task.kwargs.values()) if isinstance(a, Future)]
-        for f in deps:
+        """Whether every ref argument has its value (a failed one fails ``task``)."""
+        for a in (*task.args, *task.kwargs.values()):
+            if not isinstance(a, ObjectRef):
+                continue
+            err = self.b._errors.get(a.id)
+            if err is not None:
+                self.dequeue(task.id)
+                self.b._fail(task.id, err)
+                return False
+            f = self.b._futs.get(a.id) or self.b._orphans.get(a.id)
+            if f is None:
+                if a.id in self.b._tasks:
+                    return False  # held by the policy, or being moved
+                f = self.b._future(a)  # made elsewhere (inside a task)
             if not f.done():
+                if f.status == "lost":
+                    self.requeue_lost([a.id])
                 return False
             if f.status != "finished":
                 err = f.exception() if f.status == "error" else TaskCancelledError(
@@ -307,23 +456,115 @@ class Control:
                 return False
         return True
 
+    def place_actor(self, info: TaskInfo) -> str | None:
+        """Ask the policy for an actor's worker now and hold its request there (index id
+        ``-actor id``) until :meth:`actor_gone`; None when there is no policy or no
+        room now (dask then picks the worker and nothing is held)."""
+        if self.policy is None:
+            return None
+        # its calls are tasks on its worker: hold at least one thread (CPU) when there
+        # is room, so tasks placed later cannot take every thread the calls need
+        req = info.request
+        wants = [req + Resources({"CPU": 1.0 - req.get("CPU", 0.0)})] \
+            if req.get("CPU", 0.0) < 1.0 else []
+        with self._lock:
+            self.index.release(-info.id)  # a restart: the old place is gone
+            for request in [*wants, req]:
+                hold = dataclasses.replace(info, id=-info.id, request=request)
+                try:
+                    decisions = list(self.policy.schedule([hold], self.index))
+                except Exception:  # noqa: BLE001 - a policy that cannot place actors
+                    log.warning("policy %s failed to place actor %s", self.policy,
+                                info.name, exc_info=True)
+                    return None
+                for d in decisions:
+                    if isinstance(d, Place) and d.task == hold.id and \
+                            d.node in self.b._addr_of:
+                        try:
+                            check_placement(self.policy, hold, d.node, self.index)
+                        except PolicyError:
+                            return None
+                        self.index.allocate(hold, d.node)
+                        return d.node
+        return None
+
+    def actor_gone(self, actor_id: int) -> None:
+        """Give back what a dead or killed actor held."""
+        if self.policy is not None:
+            with self._lock:
+                if self.index.release(-actor_id) is not None:
+                    self.dirty = True
+            self._poke()
+
+    def requeue_lost(self, task_ids: Sequence[int]) -> None:
+        """Run again, through the policy, placed tasks whose result was lost with their
+        worker (dask cannot recompute a key pinned to a worker that is gone), and the
+        tasks placed after them that wait for it (they wait on the lost key)."""
+        if self.policy is None:
+            return
+        with self._lock:
+            todo, seen = list(task_ids), set()
+            while todo:
+                tid = todo.pop()
+                if tid in seen:
+                    continue
+                seen.add(tid)
+                task = self.b._tasks.get(tid)
+                fut = self.b._futs.get(tid)
+                if task is None or task.actor is not None or not task.placed or \
+                        tid in self.b._errors or fut is None or fut.status == "finished":
+                    continue
+                if fut.status != "lost" and tid in self.b._running:
+                    continue  # already running: it has its inputs
+                todo += [d.id for d in self.b._tasks.values()
+                         if d.placed and d.id not in seen and any(
+                             isinstance(a, ObjectRef) and a.id == tid
+                             for a in (*d.args, *d.kwargs.values()))]
+                with self.b._lock:  # first: a waiter must not take the cancel as final
+                    self.b._futs.pop(tid, None)
+                if fut.status != "lost":  # waiting on the lost key: give its slot back
+                    self._unplace(tid)
+                    try:
+                        self.b.client.cancel([fut], force=True)
+                    except Exception:  # noqa: BLE001 - best effort
+                        pass
+                task.extra += 1
+                task.placed = False
+                self._pend(task)
+                log.info("task %s (%s) runs again: %s", tid, task.name,
+                         "its result was lost with its worker" if fut.status == "lost"
+                         else "an input was lost with its worker")
+        self._poke()
+
+    def _unplace(self, task_id: int) -> None:
+        """Give back the slot (or the place ahead) of a task that has not started."""
+        if task_id in self._ahead_of:
+            self.dequeue(task_id)
+            return
+        if self.index.release(task_id) is not None:
+            self.dirty = True
+            key = self._alloc.pop(task_id, None)
+            if key is not None:
+                self._slots[key] -= 1
+                if self._slots[key] <= 0:
+                    del self._slots[key]
+
     def _place(self) -> None:
         with self._lock:
+            if self._stop:
+                return
+            self._last_round = time.monotonic()
             self.dirty = False
             if not self._pending:
                 return
-            ready = []
-            for t in list(self._pending.values()):
-                if self._ready(t):
-                    ready.append(t)
-                    if len(ready) >= self.window:
-                        break
+            ready = self._candidates()
             if not ready:
                 return
             infos = [t.info for t in ready]
             decisions = list(self.policy.schedule(infos, self.index))
             by_id = {t.id: t for t in ready}
             now = time.monotonic()
+            placed: list[tuple[_Task, str]] = []
             for d in decisions:
                 if isinstance(d, Preempt):
                     log.warning("policy %s asked to preempt task %s: the dask backend cannot "
@@ -342,12 +583,90 @@ class Control:
                     self.dequeue(task.id)
                     self.b._fail(task.id, exc)
                     continue
-                self.index.allocate(task.info, d.node)
+                self._allocate(task, d.node)
                 self.dequeue(task.id)
                 task.placed = True
-                self.b._submit_to_dask(task, workers=[self.b._addr_of[d.node]])
+                placed.append((task, self.b._addr_of[d.node]))
+            if self.prefetch and by_id:
+                self._send_ahead(sorted(by_id.values(), key=_fifo), placed)
+            self.b._submit_pinned(placed)
             for t in by_id.values():
-                self._unplaced_since.setdefault(t.id, now)
+                if t.id in self._pending:
+                    self._unplaced_since.setdefault(t.id, now)
+
+    def _candidates(self) -> list[_Task]:
+        """The ready tasks shown to the policy this round, oldest first.
+
+        Any policy sees at most ``window`` tasks. A ``greedy_by_shape`` policy places
+        tasks of one shape in order until one does not fit, so it is shown, per shape,
+        only as many as could fit in what is free (plus those that may be sent ahead):
+        a round costs what it can place, not the length of the queue.
+        """
+        quota: dict[Any, int] | None = None
+        if self._greedy:
+            avail = self.index.available()
+            quota = {}
+            for shape in self._shape_count:
+                req = shape[0]
+                fit = min((int(avail.get(k, 0.0) / v + 1e-9) for k, v in req.items() if v > 0),
+                          default=self.window)
+                ahead = 0
+                if self.prefetch:
+                    slots = sum(n for (_, s), n in self._slots.items() if s == shape)
+                    queued = sum(len(q) for (_, s), q in self._ahead.items() if s == shape)
+                    ahead = max((slots + fit) * self.depth(shape) - queued, 0)
+                quota[shape] = min(fit + ahead, self._shape_count[shape])
+            left = sum(quota.values())
+            if left == 0:
+                return []
+        ready: list[_Task] = []
+        for t in list(self._pending.values()):
+            if quota is not None:
+                shape = _shape(t.info)
+                if quota.get(shape, 0) <= 0:
+                    continue
+            if self._ready(t):
+                ready.append(t)
+                if len(ready) >= self.window:
+                    break
+                if quota is not None:
+                    quota[shape] -= 1
+                    left -= 1
+                    if left <= 0:
+                        break
+        return ready
+
+    def _send_ahead(self, waiting: list[_Task], placed: list[tuple[_Task, str]]) -> None:
+        """Send ready tasks that found no room to a worker running tasks of their shape,
+        up to ``prefetch`` per such task, oldest first (appended to ``placed``): dask
+        queues them on the worker,
+        which starts one the moment a thread frees, without a round trip to us.
+
+        For a ``greedy_by_shape`` policy this is where the policy would put the task
+        when that slot frees (no other node fits that shape now, or it would have been
+        placed). It stops at the first task that cannot go ahead, so no task overtakes
+        an older one of another shape.
+        """
+        for task in waiting:
+            shape = _shape(task.info)
+            depth = self.depth(shape)
+            best: tuple[float, str] | None = None
+            for (node, s), n in self._slots.items():
+                if s != shape or node not in self.b._addr_of or node not in self.index:
+                    continue
+                if self.index.node(node).state != "up":
+                    continue
+                queued = len(self._ahead.get((node, s), ()))
+                if queued < n * depth and (best is None or (queued / n, node) < best):
+                    best = (queued / n, node)
+            if best is None:
+                return
+            key = (best[1], shape)
+            self.dequeue(task.id)
+            self._ahead.setdefault(key, collections.deque()).append(task)
+            self._ahead_of[task.id] = key
+            task.placed = True
+            placed.append((task, self.b._addr_of[best[1]]))
 
     # autoscaling ------------------------------------------------------------
     def _unmet(self) -> list[TaskInfo]:

@@ -41,11 +41,15 @@ class ClusterView:
     def _handle_event(self, msg: dict[str, Any]) -> None:
         if msg.get("e") == "done":  # a short task: start and end in one message
             self._handle_event({**msg, "e": "start"})
-            self._handle_event({"e": "end", "t": msg.get("t"), "w": msg.get("w")})
+            self._handle_event({"e": "end", "t": msg.get("t"), "w": msg.get("w"),
+                                "d": msg.get("d")})
             return
         e, tid, node = msg.get("e"), msg.get("t"), msg.get("w")
         now = self.now()
         task = self._tasks.get(tid)
+        if e == "end" and task is not None and msg.get("d") is not None and \
+                self.control is not None:
+            self.control.observe(task, msg["d"])
         if e == "start":
             req = Resources._trusted(dict(msg.get("r") or {})) if task is None else task.request
             if task is not None and task.actor is not None:
@@ -137,6 +141,7 @@ class ClusterView:
             gone = sorted(n for n in old if n not in seen or addrs[n] != old_addrs.get(n))
             new = sorted(n for n in seen if n not in old or addrs[n] != old_addrs.get(n))
             for nid in gone:
+                self._removal_report(old_addrs.get(nid))
                 with self._lock:
                     lost = sorted(t for t, (n, _) in self._running.items() if n == nid)
                     for t in lost:
@@ -164,9 +169,29 @@ class ClusterView:
             self._enqueued += 1
             self._inbox.put(("all", msg))
 
+    def _removal_report(self, addr: str | None) -> None:
+        """Handle the scheduler's remove-worker report of ``addr`` before its node is
+        dropped, also when a poll noticed the removal before the report arrived: it
+        names the tasks that were running there, even those whose start event died
+        with the worker (the policy path moves such tasks at once)."""
+        if addr is None or addr in self._removals_seen:
+            return
+        try:
+            events = self._bounded(self.client.scheduler.events, topic="all", timeout=5.0)
+        except Exception:  # noqa: BLE001 - scheduler busy or gone: the poll goes on
+            return
+        for _, msg in reversed(events or ()):
+            if isinstance(msg, dict) and msg.get("action") == "remove-worker" and \
+                    msg.get("worker") == addr:
+                self._on_worker_removed(msg)
+                return
+
     def _on_worker_removed(self, msg: dict[str, Any]) -> None:
         """Count a death against each task the worker was running (dask's 'suspicious')."""
         addr = msg.get("worker")
+        if addr in self._removals_seen:
+            return  # handled when a poll noticed it first
+        self._removals_seen.add(addr)
         # by name, also when the poll already dropped the worker (never by address)
         node = self._name_of.get(addr) or next(
             (n for n, a in self._addr_of.items() if a == addr), None)
@@ -186,6 +211,8 @@ class ClusterView:
             task = self._tasks.get(tid) if tid is not None else None
             if task is None or tid in self._errors or task.actor is not None:
                 continue
+            if task.extra and not key.endswith(f"-r{task.extra}"):
+                continue  # an attempt already moved on (counted when it was resubmitted)
             task.deaths += 1
             if task.attempts < task.deaths:  # its start event died with the worker
                 task.attempts = task.deaths

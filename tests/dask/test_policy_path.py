@@ -1,0 +1,170 @@
+"""The dask backend's policy path: tasks sent ahead, refs held until placement, actors placed.
+
+Real ``dask scheduler`` + two ``dask worker`` processes (``cpu``: 2 threads;
+``gpu``: 2 threads, 2 GPUs). With a first-fit-style policy the backend queues
+tasks of a running task's shape on its worker ahead of time (``prefetch``);
+these tests check that such tasks keep every promise a placed task makes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+import runtime
+from tests.dask.cluster import run_options
+
+pytestmark = [pytest.mark.dask, pytest.mark.timeout(120)]
+
+
+@runtime.remote
+def add(a, b=0):
+    return a + b
+
+
+@runtime.remote
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@runtime.remote
+def touch(path):
+    with open(path, "w") as f:
+        f.write("ran")
+    return path
+
+
+@runtime.remote
+def touch_after(dep, path):
+    with open(path, "w") as f:
+        f.write(str(dep))
+    return path
+
+
+@runtime.remote
+def where():
+    import distributed
+
+    return str(distributed.get_worker().name)
+
+
+@runtime.remote
+class Box:
+    def pid(self):
+        return os.getpid()
+
+
+def _wait(cond, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _fill(n=4):
+    """Occupy every thread of the cluster with sleepers; wait until they run."""
+    sleepers = [nap.remote(600) for _ in range(n)]
+    log = runtime.current_backend().log
+    _wait(lambda: all(log.tasks.get(r.id) is not None and log.tasks[r.id].state == "running"
+                      for r in sleepers), what="the sleepers to start")
+    return sleepers
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "yes"])
+def test_prefetch_option_is_validated(procs, bad):
+    with pytest.raises(ValueError, match="prefetch="):
+        runtime.init(procs.address, policy="fifo", prefetch=bad, **run_options())
+    assert not runtime.is_initialized()
+
+
+def test_many_short_tasks_with_a_policy_are_all_right_and_use_both_workers(procs):
+    with runtime.init(procs.address, policy="fifo", **run_options()):
+        refs = [add.remote(i, 1) for i in range(400)]
+        assert runtime.get(refs, timeout=90) == [i + 1 for i in range(400)]
+        nodes = runtime.get([where.remote() for _ in range(40)], timeout=60)
+        assert set(nodes) == {"cpu", "gpu"}
+        ctl = runtime.current_backend().control
+        assert ctl.prefetch > 0 and ctl.depth(next(iter(ctl._runtime))) >= 1
+        # nothing is left held: every slot and every place ahead was given back
+        _wait(lambda: not ctl._alloc and not ctl._ahead_of, what="slots to be released")
+        assert all(n.free == n.total for n in ctl.index.nodes())
+
+
+def test_a_task_sent_ahead_can_be_cancelled_and_never_runs(procs, tmp_path):
+    with runtime.init(procs.address, policy="fifo", prefetch=1, **run_options()):
+        sleepers = _fill()
+        ctl = runtime.current_backend().control
+        marker = tmp_path / "ran"
+        ahead = touch.remote(str(marker))
+        _wait(lambda: ahead.id in ctl._ahead_of, what="the task to be sent ahead")
+        assert runtime.cancel(ahead) is True
+        with pytest.raises(runtime.TaskCancelledError):
+            runtime.get(ahead, timeout=10)
+        assert ahead.id not in ctl._ahead_of
+        for r in sleepers:
+            runtime.cancel(r)
+        # the threads are free again: a new task runs, the cancelled one did not
+        assert runtime.get(add.remote(1, 1), timeout=30) == 2
+        time.sleep(0.3)  # a task that wrongly ran would have written by now
+        assert not marker.exists()
+
+
+def test_prefetch_off_sends_nothing_ahead(procs):
+    with runtime.init(procs.address, policy="fifo", prefetch=False, **run_options()):
+        sleepers = _fill()
+        ctl = runtime.current_backend().control
+        extra = add.remote(2, 3)
+        time.sleep(0.3)  # several placement rounds
+        assert not ctl._ahead_of and extra.id in ctl._pending
+        for r in sleepers:
+            runtime.cancel(r)
+        assert runtime.get(extra, timeout=30) == 5
+
+
+def test_submitting_a_task_on_a_held_ref_does_not_block(procs):
+    """A dependent of a task the policy still holds is queued at once (no waiting)."""
+    with runtime.init(procs.address, policy="fifo", prefetch=False, **run_options()):
+        sleepers = _fill()
+        t0 = time.monotonic()
+        first = add.remote(1, 1)
+        second = add.remote(first, 10)
+        assert time.monotonic() - t0 < 2.0
+        assert not runtime.current_backend().done(second)
+        for r in sleepers:
+            runtime.cancel(r)
+        assert runtime.get(second, timeout=30) == 12
+
+
+def test_a_failed_held_input_fails_the_dependent_without_running_it(procs, tmp_path):
+    with runtime.init(procs.address, policy="fifo", prefetch=False, **run_options()):
+        sleepers = _fill()
+        bad = add.remote(1, "x")
+        marker = tmp_path / "ran"
+        dependent = touch_after.remote(bad, str(marker))
+        for r in sleepers:
+            runtime.cancel(r)
+        with pytest.raises(TypeError):
+            runtime.get(bad, timeout=30)
+        with pytest.raises(TypeError):
+            runtime.get(dependent, timeout=30)
+        assert not marker.exists()
+
+
+def test_an_actor_is_placed_by_the_policy_and_keeps_a_thread_for_its_calls(procs):
+    """Tasks submitted before the actor cannot take every thread of its worker."""
+    with runtime.init(procs.address, policy="fifo", prefetch=False, **run_options()):
+        sleepers = [nap.remote(600) for _ in range(3)]
+        box = Box.remote()
+        assert isinstance(runtime.get(box.pid.remote(), timeout=30), int)
+        ctl = runtime.current_backend().control
+        held = [t for t in ctl.index.running() if t.id < 0]
+        assert len(held) == 1 and held[0].request.get("CPU") == 1.0
+        runtime.kill(box)
+        _wait(lambda: not [t for t in ctl.index.running() if t.id < 0],
+              what="the actor's thread to be given back")
+        for r in sleepers:
+            runtime.cancel(r)
