@@ -214,21 +214,10 @@ def _tls_without_security(files: dict[str, TLSFiles],
     return address, None
 
 
-# distributed raises a bare TypeError ("TLS expects a `ssl_context` argument...") before
-# any connection when a tls:// client has no client cert; connect() does not turn it
-# into DaskConnectionError yet. Strict: once it does, these XPASS and fail, so drop the mark.
-_NO_SSL_CONTEXT = pytest.mark.xfail(
-    strict=True, raises=TypeError,
-    reason="runtime.backends.dask.connect lets distributed's TypeError for a tls:// client "
-           "without a client cert escape instead of raising DaskConnectionError")
-
-
 @pytest.mark.parametrize("client", [
     pytest.param(_untrusted_client_cert, id="cert-from-other-ca"),
     pytest.param(_untrusted_ca, id="trusts-other-ca"),
     pytest.param(_plain_tcp, id="plain-tcp"),
-    pytest.param(_no_client_cert, id="no-client-cert", marks=_NO_SSL_CONTEXT),
-    pytest.param(_tls_without_security, id="tls-without-security", marks=_NO_SSL_CONTEXT),
 ])
 def test_client_without_the_right_certificates_is_refused(
         tls_procs: DaskCluster, certs: dict[str, TLSFiles],
@@ -260,3 +249,25 @@ def test_client_without_the_right_certificates_is_refused(
         assert runtime.get(where_and_add.remote(1, 1), timeout=60) == ("tlsw", 2)
     finally:
         runtime.shutdown()
+
+
+@pytest.mark.parametrize("client", [
+    pytest.param(_no_client_cert, id="no-client-cert"),
+    pytest.param(_tls_without_security, id="tls-without-security"),
+])
+def test_tls_without_a_client_certificate_says_what_to_pass(
+        tls_procs: DaskCluster, certs: dict[str, TLSFiles],
+        client: Callable[[dict[str, TLSFiles], str], tuple[str, Any]]) -> None:
+    """A tls:// address with no client certificate fails at once, naming the address and
+    the security= argument to pass (distributed itself raises a bare TypeError)."""
+    if runtime.is_initialized():
+        runtime.shutdown()
+    address, security = client(certs, tls_procs.address)
+    kw = {"security": security} if security is not None else {}
+    start = time.monotonic()
+    with pytest.raises(DaskConnectionError) as info:
+        runtime.init(address, timeout=REFUSE_TIMEOUT, **kw, **run_options())
+    assert time.monotonic() - start < REFUSE_TIMEOUT
+    assert info.value.address == address and address in str(info.value)
+    assert "security=" in str(info.value) and "tls_client_cert" in str(info.value)
+    assert not runtime.is_initialized()

@@ -24,14 +24,17 @@ SCHEMES = ("tcp", "tls", "ws", "wss", "ucx", "inproc")
 class DaskConnectionError(NBClusterError, ConnectionError):
     """The dask scheduler at ``address`` could not be reached within ``timeout`` seconds."""
 
-    def __init__(self, address: str, timeout: float, cause: BaseException | None = None) -> None:
+    def __init__(self, address: str, timeout: float, cause: BaseException | None = None,
+                 hint: str | None = None) -> None:
         self.address = address
         self.timeout = timeout
         why = f": {cause}" if cause is not None and str(cause) else ""
+        hint = hint or ("Is a scheduler running there (dask scheduler --host HOST --port "
+                        "PORT) and reachable from here? Pass timeout= to wait longer; if it "
+                        "uses TLS, connect to tls://... with security=Security(...).")
         super().__init__(
-            f"could not connect to the dask scheduler at {address!r} within {timeout:g} s{why}. "
-            f"Is a scheduler running there (dask scheduler --host HOST --port PORT) and "
-            f"reachable from here? Pass timeout= to wait longer.")
+            f"could not connect to the dask scheduler at {address!r} within {timeout:g} s"
+            f"{why}. {hint}")
 
 
 def check_timeout(timeout: Any) -> float:
@@ -78,9 +81,24 @@ class _Client(distributed.Client):
             raise
 
 
+def _has_client_tls(security: Any) -> bool:
+    """Whether ``security`` gives a client TLS context (a CA and a client certificate)."""
+    if security is None:
+        return False
+    try:
+        return security.get_connection_args("client").get("ssl_context") is not None
+    except Exception:  # noqa: BLE001 - unreadable files: let the connect attempt say so
+        return True
+
+
 def connect(address: str, *, timeout: float, security: Any = None) -> distributed.Client:
     """A client connected to ``address``; raises :class:`DaskConnectionError` on failure."""
     check_address(address)
+    if address.startswith("tls://") and not _has_client_tls(security):
+        raise DaskConnectionError(
+            address, timeout, hint="A tls:// scheduler needs a client certificate: pass "
+            "security=distributed.security.Security(tls_ca_file=..., tls_client_cert=..., "
+            "tls_client_key=..., require_encryption=True).")
     kw: dict[str, Any] = {"timeout": timeout, "set_as_default": False}
     if security is not None:
         kw["security"] = security
