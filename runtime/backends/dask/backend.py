@@ -43,6 +43,7 @@ from runtime.errors import (
     NBClusterError,
     ObjectLostError,
     RuntimeShutdownError,
+    SerializationError,
     TaskCancelledError,
     WorkerCrashedError,
     make_task_error,
@@ -126,6 +127,12 @@ class DaskBackend(ClusterView, Backend):
         self._poller = threading.Thread(target=self._event_loop, name="nbcluster-dask-events",
                                         daemon=True)
         self._poller.start()
+        # tasks with no policy wait here a moment and go to dask in one client.map
+        self._outbox: list[_Task] = []
+        self._outbox_cond = threading.Condition(threading.Lock())
+        self._sender = threading.Thread(target=self._send_loop, name="nbcluster-dask-submit",
+                                        daemon=True)
+        self._sender.start()
         self.control.start()
 
     # ------------------------------------------------------------------ ids/refs
@@ -212,6 +219,9 @@ class DaskBackend(ClusterView, Backend):
             if err is not None:
                 return _Failed(err)
             fut = self._future(value)
+            if fut is None and self.role == "driver" and self._outbox:
+                self._flush()  # it may wait in the outbox
+                fut = self._future(value)
             if fut is None:  # a policy-held task: wait until it is placed
                 self._await_placed([value], None)
                 err = self._errors.get(value.id)
@@ -245,8 +255,72 @@ class DaskBackend(ClusterView, Backend):
                 task.placed = False
                 self.control.enqueue(task)
                 return ref
+            self._queue(task)
+            return ref
         self._submit_to_dask(task)
         return ref
+
+    # ------------------------------------------------------------------ outbox
+    #: A burst of submissions becomes one ``client.map`` (one scheduler message and
+    #: about a tenth of the driver's work per task); ``get``/``wait`` send at once.
+    OUTBOX_MAX = 256
+    OUTBOX_DELAY = 0.001
+
+    def _queue(self, task: _Task) -> None:
+        task.placed = False
+        with self._outbox_cond:
+            self._outbox.append(task)
+            n = len(self._outbox)
+            if n == 1:
+                self._outbox_cond.notify()
+        if n >= self.OUTBOX_MAX:
+            self._flush()
+
+    def _send_loop(self) -> None:
+        while not self._closed:
+            with self._outbox_cond:
+                while not self._outbox and not self._closed:
+                    self._outbox_cond.wait(0.5)
+            if self._closed:
+                return
+            time.sleep(self.OUTBOX_DELAY)  # let the rest of a burst join
+            try:
+                self._flush()
+            except Exception:  # noqa: BLE001 - reported per task by _flush
+                log.debug("sending queued tasks", exc_info=True)
+
+    def _flush(self) -> None:
+        """Send the queued tasks to dask: one ``client.map`` per resource request."""
+        with self._outbox_cond:
+            batch, self._outbox = self._outbox, []
+        groups: dict[tuple[tuple[str, float], ...], list[_Task]] = {}
+        for t in batch:
+            if t.id not in self._errors:
+                groups.setdefault(tuple(sorted(t.res.items())), []).append(t)
+        for res, tasks in groups.items():
+            calls = [(t, c) for t in tasks if (c := self._dask_call(t)) is not None]
+            if not calls:
+                continue
+            try:
+                if len(calls) == 1:
+                    t, (key, args) = calls[0]
+                    futs = [self.client.submit(_remote.run_task, *args, key=key, pure=False,
+                                               resources=dict(res) or None, retries=0)]
+                else:
+                    cols = list(zip(*(c[1] for _, c in calls), strict=True))
+                    futs = self.client.map(
+                        _remote.run_task, *cols, key=[c[0] for _, c in calls], pure=False,
+                        resources=dict(res) or None, retries=0, fifo_timeout=0,
+                        batch_size=None)
+            except Exception as exc:  # noqa: BLE001 - e.g. a function that cannot pickle
+                for t, _ in calls:
+                    self._fail(t.id, SerializationError(
+                        f"task {t.name} (id {t.id}) could not be sent to dask: "
+                        f"{type(exc).__name__}: {exc}"))
+                continue
+            for t, _ in calls:
+                t.placed = True
+            self._submitted([t for t, _ in calls], [c[0] for _, c in calls], futs)
 
     def _dask_call(self, task: _Task) -> tuple[str, tuple[Any, ...]] | None:
         """The key and ``run_task`` arguments of one attempt (None: an input failed)."""
@@ -299,6 +373,7 @@ class DaskBackend(ClusterView, Backend):
         """
         groups: dict[tuple[str, tuple[tuple[str, float], ...]], list[_Task]] = {}
         for task, addr in placed:
+            task.addr = addr
             groups.setdefault((addr, tuple(sorted(task.res.items()))), []).append(task)
         for (addr, res), tasks in groups.items():
             calls = [(t, self._dask_call(t)) for t in tasks]
@@ -456,6 +531,8 @@ class DaskBackend(ClusterView, Backend):
 
         Returns the settled indexes (input order) and the refs' current futures.
         """
+        if self.role == "driver" and self._outbox:
+            self._flush()
         while True:
             self._check_open()
             futs = [self._current(r) for r in refs]
@@ -717,6 +794,8 @@ class DaskBackend(ClusterView, Backend):
             self._cond.notify_all()
         if self.role == "worker":
             return
+        with self._outbox_cond:
+            self._outbox_cond.notify_all()
         deadline = [time.monotonic() + 10.0]
 
         def left() -> float:

@@ -60,7 +60,7 @@ class _Task:
 
     __slots__ = ("id", "name", "fn", "args", "kwargs", "request", "res", "max_retries",
                  "retry", "info", "attempts", "node", "actor", "keep", "placed", "extra",
-                 "deaths")
+                 "deaths", "addr")
 
     def __init__(self, id: int, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any], request: Resources, res: dict[str, float],
@@ -82,6 +82,7 @@ class _Task:
         self.placed = True
         self.extra = 0  # resubmissions after KilledWorker
         self.deaths = 0  # workers that died while running it
+        self.addr: str | None = None  # the worker a policy pinned it to
 
 
 

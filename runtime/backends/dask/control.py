@@ -166,10 +166,11 @@ class Control:
         self.window = window
         self.dirty = False
         self.grace = 0.3  # seconds a task may wait before it counts as unmet demand
-        #: least seconds between placement rounds: a burst of ends and submissions
-        #: becomes one round and one message to the scheduler per worker
+        #: least seconds after a round that placed tasks before the next one: a burst
+        #: of ends and submissions becomes one round and one message per worker
         self.gap = 0.01 if self.prefetch else 0.003
-        self._last_round = 0.0
+        self._sweep_until = 0.0  # sweep() looks for stuck tasks until then
+        self._last_placing = 0.0  # when a round last placed (or sent ahead) a task
         self.index = NodeIndex(clock=backend.now)
         self._pending: dict[int, _Task] = {}
         self._unplaced_since: dict[int, float] = {}
@@ -249,7 +250,7 @@ class Control:
                     return
             try:
                 if self.policy is not None:
-                    wait = self._last_round + self.gap - time.monotonic()
+                    wait = self._last_placing + self.gap - time.monotonic()
                     if wait > 0:  # let more ends and submissions join this round
                         time.sleep(wait)
                     self._place()
@@ -350,7 +351,7 @@ class Control:
         """Run a placement round when resources were freed since the last one: now, or
         (when the last round was under ``gap`` seconds ago) soon, on the control thread."""
         if self.dirty and self.policy is not None:
-            if time.monotonic() - self._last_round >= self.gap:
+            if time.monotonic() - self._last_placing >= self.gap:
                 self._place()
             else:
                 self._poke()
@@ -383,6 +384,7 @@ class Control:
         """
         if self.policy is None:
             return
+        self._sweep_until = time.monotonic() + 30.0
         with self._lock:
             ids = set(lost)
             if node_id in self.index:
@@ -496,6 +498,27 @@ class Control:
                     self.dirty = True
             self._poke()
 
+    def sweep(self) -> None:
+        """For a while after a worker left (polled): send again, through the policy, the
+        placed tasks whose result is lost or that still wait for a worker that is gone
+        (a safety net under the event-driven moves of :meth:`node_removed`)."""
+        if self.policy is None or time.monotonic() > self._sweep_until:
+            return
+        live = set(self.b._addr_of.values())
+        again = []
+        with self._lock:
+            for tid, task in list(self.b._tasks.items()):
+                fut = self.b._futs.get(tid)
+                if fut is None or not task.placed or task.actor is not None or \
+                        tid in self.b._errors:
+                    continue
+                if fut.status == "lost" or (not fut.done() and task.addr is not None
+                                            and task.addr not in live
+                                            and tid not in self.b._running):
+                    again.append(tid)
+        if again:
+            self.requeue_lost(again)
+
     def requeue_lost(self, task_ids: Sequence[int]) -> None:
         """Run again, through the policy, placed tasks whose result was lost with their
         worker (dask cannot recompute a key pinned to a worker that is gone), and the
@@ -553,7 +576,6 @@ class Control:
         with self._lock:
             if self._stop:
                 return
-            self._last_round = time.monotonic()
             self.dirty = False
             if not self._pending:
                 return
@@ -589,6 +611,8 @@ class Control:
                 placed.append((task, self.b._addr_of[d.node]))
             if self.prefetch and by_id:
                 self._send_ahead(sorted(by_id.values(), key=_fifo), placed)
+            if placed:
+                self._last_placing = time.monotonic()
             self.b._submit_pinned(placed)
             for t in by_id.values():
                 if t.id in self._pending:

@@ -253,6 +253,7 @@ class ClusterView:
                     next_poll = time.monotonic() + self.poll_interval
                     self.refresh_workers()
                     self._collect()
+                    self.control.sweep()
             except Exception:  # noqa: BLE001 - scheduler gone for a moment
                 if not self._closed:
                     log.debug("dask backend event loop", exc_info=True)
