@@ -1,4 +1,4 @@
-"""The dask backend's policy path: tasks sent ahead, refs held until placement, actors placed.
+"""The dask backend's policy path (tasks sent ahead, held refs, actors) and its submission batching.
 
 Real ``dask scheduler`` + two ``dask worker`` processes (``cpu``: 2 threads;
 ``gpu``: 2 threads, 2 GPUs). With a first-fit-style policy the backend queues
@@ -168,3 +168,37 @@ def test_an_actor_is_placed_by_the_policy_and_keeps_a_thread_for_its_calls(procs
               what="the actor's thread to be given back")
         for r in sleepers:
             runtime.cancel(r)
+
+
+# ---------------------------------------------------------------------------
+# no policy: submissions wait a moment in an outbox and go to dask in batches
+# ---------------------------------------------------------------------------
+
+
+def test_a_task_nobody_waits_for_still_runs(rt, tmp_path):
+    marker = tmp_path / "ran"
+    touch.remote(str(marker))  # fire and forget: the outbox is sent without a get
+    _wait(marker.exists, what="the task to run")
+
+
+def test_a_burst_with_dependencies_on_queued_tasks(rt):
+    firsts = [add.remote(i, 1) for i in range(300)]
+    seconds = [add.remote(f, 1000) for f in firsts]  # inputs still in the outbox
+    assert runtime.get(seconds, timeout=90) == [i + 1001 for i in range(300)]
+
+
+def test_a_function_that_cannot_be_sent_fails_its_tasks_with_a_clear_error(rt):
+    import threading
+
+    lock = threading.Lock()
+
+    def holds_a_lock():
+        return lock.locked()
+
+    f = runtime.remote(holds_a_lock)
+    refs = [f.remote() for _ in range(3)]
+    ok = add.remote(1, 2)
+    for r in refs:
+        with pytest.raises(runtime.SerializationError, match="holds_a_lock"):
+            runtime.get(r, timeout=30)
+    assert runtime.get(ok, timeout=30) == 3  # other tasks are not affected

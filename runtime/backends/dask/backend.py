@@ -298,29 +298,7 @@ class DaskBackend(ClusterView, Backend):
             if t.id not in self._errors:
                 groups.setdefault(tuple(sorted(t.res.items())), []).append(t)
         for res, tasks in groups.items():
-            calls = [(t, c) for t in tasks if (c := self._dask_call(t)) is not None]
-            if not calls:
-                continue
-            try:
-                if len(calls) == 1:
-                    t, (key, args) = calls[0]
-                    futs = [self.client.submit(_remote.run_task, *args, key=key, pure=False,
-                                               resources=dict(res) or None, retries=0)]
-                else:
-                    cols = list(zip(*(c[1] for _, c in calls), strict=True))
-                    futs = self.client.map(
-                        _remote.run_task, *cols, key=[c[0] for _, c in calls], pure=False,
-                        resources=dict(res) or None, retries=0, fifo_timeout=0,
-                        batch_size=None)
-            except Exception as exc:  # noqa: BLE001 - e.g. a function that cannot pickle
-                for t, _ in calls:
-                    self._fail(t.id, SerializationError(
-                        f"task {t.name} (id {t.id}) could not be sent to dask: "
-                        f"{type(exc).__name__}: {exc}"))
-                continue
-            for t, _ in calls:
-                t.placed = True
-            self._submitted([t for t, _ in calls], [c[0] for _, c in calls], futs)
+            self._send(tasks, dict(res), None)
 
     def _dask_call(self, task: _Task) -> tuple[str, tuple[Any, ...]] | None:
         """The key and ``run_task`` arguments of one attempt (None: an input failed)."""
@@ -376,22 +354,48 @@ class DaskBackend(ClusterView, Backend):
             task.addr = addr
             groups.setdefault((addr, tuple(sorted(task.res.items()))), []).append(task)
         for (addr, res), tasks in groups.items():
-            calls = [(t, self._dask_call(t)) for t in tasks]
-            calls = [(t, c) for t, c in calls if c is not None]
-            if not calls:
-                continue
-            if len(calls) == 1:
-                t, (key, args) = calls[0]
-                futs = [self.client.submit(
-                    _remote.run_task, *args, key=key, pure=False, resources=dict(res) or None,
-                    retries=0, workers=[addr], allow_other_workers=False)]
-            else:
+            self._send(tasks, dict(res), [addr])
+
+    def _send(self, tasks: Sequence[_Task], res: dict[str, float],
+              workers: list[str] | None) -> None:
+        """Submit ``tasks`` (one resource request; pinned to ``workers`` if given) in one
+        ``client.map``; if that fails (a function that cannot be pickled), one by one,
+        failing only the tasks that cannot be sent."""
+        calls = [(t, c) for t in tasks if (c := self._dask_call(t)) is not None]
+        if not calls:
+            return
+        opts: dict[str, Any] = {"pure": False, "resources": res or None, "retries": 0}
+        if workers:
+            opts.update(workers=workers, allow_other_workers=False)
+        try:
+            if len(calls) > 1:
                 cols = list(zip(*(c[1] for _, c in calls), strict=True))
-                futs = self.client.map(
-                    _remote.run_task, *cols, key=[c[0] for _, c in calls], pure=False,
-                    resources=dict(res) or None, retries=0, workers=[addr],
-                    allow_other_workers=False, fifo_timeout=0, batch_size=None)
-            self._submitted([t for t, _ in calls], [c[0] for _, c in calls], futs)
+                futs = self.client.map(_remote.run_task, *cols, key=[c[0] for _, c in calls],
+                                       fifo_timeout=0, batch_size=None, **opts)
+                for t, _ in calls:
+                    t.placed = True
+                self._submitted([t for t, _ in calls], [c[0] for _, c in calls], futs)
+                return
+        except Exception:  # noqa: BLE001 - find the task(s) at fault below
+            log.debug("client.map failed; sending one by one", exc_info=True)
+            # the failed call left its keys in the client (futures never sent): new keys
+            for t, _ in calls:
+                t.extra += 1
+            calls = [(t, c) for t, _ in calls if (c := self._dask_call(t)) is not None]
+        for t, (key, args) in calls:
+            try:
+                fut = self.client.submit(_remote.run_task, *args, key=key, **opts)
+            except Exception as exc:  # noqa: BLE001 - e.g. a function that cannot pickle
+                root: BaseException = exc
+                while root.__cause__ is not None:
+                    root = root.__cause__
+                self._fail(t.id, SerializationError(
+                    f"task {t.name} (id {t.id}) could not be sent to dask: its function or "
+                    f"arguments cannot be pickled ({type(root).__name__}: "
+                    f"{str(root)[:200]})"))
+                continue
+            t.placed = True
+            self._submitted([t], [key], [fut])
 
     def _fail(self, task_id: int, err: BaseException, *, cancelled: bool = False) -> None:
         with self._lock:
