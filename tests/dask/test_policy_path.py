@@ -202,3 +202,17 @@ def test_a_function_that_cannot_be_sent_fails_its_tasks_with_a_clear_error(rt):
         with pytest.raises(runtime.SerializationError, match="holds_a_lock"):
             runtime.get(r, timeout=30)
     assert runtime.get(ok, timeout=30) == 3  # other tasks are not affected
+
+
+def test_only_a_client_the_backend_created_gets_the_short_send_interval(procs):
+    import distributed
+
+    from runtime.backends.dask.backend import SEND_INTERVAL
+
+    with runtime.init(procs.address, **run_options()):
+        assert runtime.current_backend().client.scheduler_comm.interval == SEND_INTERVAL
+    with distributed.Client(procs.address, set_as_default=False, timeout=30) as mine:
+        default = mine.scheduler_comm.interval
+        with runtime.init(mine, **run_options()):
+            assert runtime.get(add.remote(1, 1), timeout=30) == 2
+            assert mine.scheduler_comm.interval == default != SEND_INTERVAL

@@ -61,6 +61,9 @@ _CANCELLED = tuple(c for c in (getattr(distributed.client, "FuturesCancelledErro
                               getattr(distributed.client, "FutureCancelledError", None))
                    if c is not None)
 _TRIVIAL = (type(None), bool, int, float, str, bytes, ObjectRef)
+#: Seconds between the batched messages a client the backend created sends to the
+#: scheduler (dask's default is 10 ms; a client passed in keeps its own setting).
+SEND_INTERVAL = 0.002
 
 
 class DaskBackend(ClusterView, Backend):
@@ -121,6 +124,11 @@ class DaskBackend(ClusterView, Backend):
         self._refresh_lock = threading.RLock()
         self._key_ids: dict[str, int] = {}
         self._removals_seen: set[str] = set()  # worker addresses whose removal was handled
+        comm = getattr(client, "scheduler_comm", None)
+        if owns_client and hasattr(comm, "interval"):
+            # a client of our own sends to the scheduler every 2 ms, not dask's 10 ms:
+            # we batch submissions ourselves, and a placement round trip is shorter
+            comm.interval = SEND_INTERVAL
         self.client.subscribe_topic(_remote.TOPIC, self._on_topic)
         self.client.subscribe_topic("all", self._on_all)
         self.refresh_workers()
