@@ -139,7 +139,12 @@ class ClusterState(Protocol):
 
 
 class SchedulingPolicy(Protocol):
-    """Decides placements; deterministic for a given input, ties broken by ids."""
+    """Decides placements; deterministic for a given input, ties broken by ids.
+
+    Optional attributes a backend may use: ``greedy_by_shape`` (placement depends
+    only on a task's shape and its order) and ``lookahead_safe`` (``schedule`` has
+    no side effects, so it may be asked about a hypothetical cluster state).
+    """
 
     name: str
 

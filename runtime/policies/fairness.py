@@ -92,6 +92,8 @@ class DRF:
     """
 
     name = "drf"
+    #: ``schedule`` has no side effects: a backend may ask it about a future state
+    lookahead_safe = True
 
     def __init__(self, weights: Mapping[str, float] | None = None, order: str = "tightest") -> None:
         self.weights = _check_weights("DRF", weights)

@@ -216,3 +216,45 @@ def test_only_a_client_the_backend_created_gets_the_short_send_interval(procs):
         with runtime.init(mine, **run_options()):
             assert runtime.get(add.remote(1, 1), timeout=30) == 2
             assert mine.scheduler_comm.interval == default != SEND_INTERVAL
+
+
+# ---------------------------------------------------------------------------
+# lookahead: a side-effect-free policy (drf) picks the task queued behind each
+# running one, on a copy of the index where that task has ended
+# ---------------------------------------------------------------------------
+
+
+def test_drf_queues_its_choice_behind_running_tasks_and_it_can_be_cancelled(procs, tmp_path):
+    with runtime.init(procs.address, policy="drf", **run_options()):
+        ctl = runtime.current_backend().control
+        assert ctl.lookahead and not ctl.prefetch
+        sleepers = _fill()
+        marker = tmp_path / "ran"
+        behind = touch.remote(str(marker))
+        _wait(lambda: behind.id in ctl._behind_of, what="the task to be queued behind one")
+        assert ctl._behind_of[behind.id] in {r.id for r in sleepers}
+        assert runtime.cancel(behind) is True
+        with pytest.raises(runtime.TaskCancelledError):
+            runtime.get(behind, timeout=10)
+        assert behind.id not in ctl._behind_of
+        for r in sleepers:
+            runtime.cancel(r)
+        assert runtime.get(add.remote(2, 2), timeout=30) == 4
+        time.sleep(0.3)  # a task that wrongly ran would have written by now
+        assert not marker.exists()
+
+
+def test_many_short_tasks_with_drf_are_all_right_and_nothing_stays_held(procs):
+    with runtime.init(procs.address, policy="drf", **run_options()):
+        ctl = runtime.current_backend().control
+        refs = [add.remote(i, 2) for i in range(400)]
+        assert runtime.get(refs, timeout=90) == [i + 2 for i in range(400)]
+        _wait(lambda: not ctl._alloc and not ctl._behind, what="slots to be released")
+        assert all(n.free == n.total for n in ctl.index.nodes())
+
+
+def test_a_policy_with_state_gets_no_lookahead(procs):
+    with runtime.init(procs.address, policy="fair_share", **run_options()):
+        ctl = runtime.current_backend().control
+        assert not ctl.lookahead and not ctl.prefetch
+        assert runtime.get(add.remote(1, 2), timeout=30) == 3

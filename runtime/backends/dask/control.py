@@ -141,6 +141,12 @@ class Control:
         self.prefetch = (PREFETCH_MAX if prefetch is True else int(prefetch)) \
             if getattr(self.policy, "greedy_by_shape", False) else 0
         self.adaptive = prefetch is True
+        #: other policies whose ``schedule`` has no side effects (``lookahead_safe``)
+        #: choose one task to queue behind each running one (see :meth:`_lookahead`)
+        self.lookahead = bool(prefetch) and not self.prefetch and \
+            bool(getattr(self.policy, "lookahead_safe", False))
+        self._behind: dict[int, _Task] = {}  # running task -> the task queued behind it
+        self._behind_of: dict[int, int] = {}  # task queued behind -> that running task
         self._runtime: dict[Any, float] = {}  # shape -> mean run time (EWMA), seconds
         self._alloc: dict[int, tuple[str, Any]] = {}  # placed task -> (node, shape)
         self._slots: collections.Counter[tuple[str, Any]] = collections.Counter()
@@ -168,7 +174,7 @@ class Control:
         self.grace = 0.3  # seconds a task may wait before it counts as unmet demand
         #: least seconds after a round that placed tasks before the next one: a burst
         #: of ends and submissions becomes one round and one message per worker
-        self.gap = 0.01 if self.prefetch else 0.003
+        self.gap = 0.01 if (self.prefetch or self.lookahead) else 0.003
         self._sweep_until = 0.0  # sweep() looks for stuck tasks until then
         self._last_placing = 0.0  # when a round last placed (or sent ahead) a task
         self.index = NodeIndex(clock=backend.now)
@@ -285,6 +291,9 @@ class Control:
                 if self._shape_count[shape] <= 0:
                     del self._shape_count[shape]
             self._unplaced_since.pop(task_id, None)
+            run = self._behind_of.pop(task_id, None)
+            if run is not None:
+                self._behind.pop(run, None)
             key = self._ahead_of.pop(task_id, None)
             if key is not None:
                 q = self._ahead.get(key)
@@ -328,13 +337,19 @@ class Control:
         if self.policy is None:
             return
         with self._lock:
-            if task_id in self._ahead_of:  # ran in a slot another task's end freed
-                self.dequeue(task_id)
+            if task_id in self._ahead_of or task_id in self._behind_of:
+                self.dequeue(task_id)  # ran in a slot another task's end freed
                 self.dirty = True
                 return
-            if self.index.release(task_id) is None:
+            node = self.index.release(task_id)
+            if node is None:
                 return
             self.dirty = True
+            nxt = self._behind.pop(task_id, None)
+            if nxt is not None:  # the task queued behind it takes its place
+                del self._behind_of[nxt.id]
+                if node in self.index and nxt.info.request.fits(self.index.node(node).free):
+                    self._allocate(nxt, node)
             key = self._alloc.pop(task_id, None)
             if key is None:
                 return
@@ -393,9 +408,17 @@ class Control:
                 ids.update(t.id for t in self._ahead.pop(key))
             for key in [k for k in self._slots if k[0] == node_id]:
                 del self._slots[key]
+            for run in [r for r in ids if r in self._behind]:
+                ids.add(self._behind[run].id)
             for tid in ids:
                 self._alloc.pop(tid, None)
                 self._ahead_of.pop(tid, None)
+                behind = self._behind.pop(tid, None)
+                if behind is not None:
+                    self._behind_of.pop(behind.id, None)
+                run = self._behind_of.pop(tid, None)
+                if run is not None:
+                    self._behind.pop(run, None)
             for tid in sorted(ids):
                 task = self.b._tasks.get(tid)
                 fut = self.b._futs.get(tid)
@@ -561,7 +584,7 @@ class Control:
 
     def _unplace(self, task_id: int) -> None:
         """Give back the slot (or the place ahead) of a task that has not started."""
-        if task_id in self._ahead_of:
+        if task_id in self._ahead_of or task_id in self._behind_of:
             self.dequeue(task_id)
             return
         if self.index.release(task_id) is not None:
@@ -611,6 +634,8 @@ class Control:
                 placed.append((task, self.b._addr_of[d.node]))
             if self.prefetch and by_id:
                 self._send_ahead(sorted(by_id.values(), key=_fifo), placed)
+            elif self.lookahead and by_id:
+                self._lookahead(sorted(by_id.values(), key=_fifo), placed)
             if placed:
                 self._last_placing = time.monotonic()
             self.b._submit_pinned(placed)
@@ -659,6 +684,42 @@ class Control:
                     if left <= 0:
                         break
         return ready
+
+    def _lookahead(self, waiting: list[_Task], placed: list[tuple[_Task, str]]) -> None:
+        """Ask a ``lookahead_safe`` policy which waiting task it would start where a
+        running task ends, and queue that task behind it on its worker.
+
+        The policy sees a copy of the index in which every placed task that has no
+        task queued behind it yet has ended (actors' holds stay). Each of its
+        placements goes behind one such task on that node (one of the same shape
+        first); the queued task takes the slot when that task ends. Only policies
+        whose ``schedule`` has no side effects may be asked about such a future.
+        """
+        ends = [t for t in self._alloc if t not in self._behind]
+        if not ends:
+            return
+        ending = set(ends)
+        virt = NodeIndex(clock=self.b.now)
+        for n in self.index.nodes():
+            virt.add_node(n.id, n.node_type, n.total, n.labels, n.state, n.cost_per_hour)
+        for info in self.index.running():
+            if info.id not in ending:
+                virt.allocate(info, self.index.placement_of(info.id))
+        by_id = {t.id: t for t in waiting}
+        for d in self.policy.schedule([t.info for t in waiting], virt):
+            task = by_id.pop(d.task, None) if isinstance(d, Place) else None
+            if task is None or d.node not in self.b._addr_of:
+                continue
+            on_node = [r for r in ends if r not in self._behind and self._alloc[r][0] == d.node]
+            if not on_node:
+                continue
+            shape = _shape(task.info)
+            run = next((r for r in on_node if self._alloc[r][1] == shape), on_node[0])
+            self.dequeue(task.id)
+            self._behind[run] = task
+            self._behind_of[task.id] = run
+            task.placed = True
+            placed.append((task, self.b._addr_of[d.node]))
 
     def _send_ahead(self, waiting: list[_Task], placed: list[tuple[_Task, str]]) -> None:
         """Send ready tasks that found no room to a worker running tasks of their shape,
