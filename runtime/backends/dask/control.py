@@ -138,14 +138,14 @@ class Control:
         #: most tasks sent ahead per placed task (0: off); only for policies whose choice
         #: depends on shape and order alone (``greedy_by_shape``: fifo, best_fit, spread).
         #: ``True`` adapts it per shape to the tasks' run time (see :meth:`depth`).
-        self.prefetch = (PREFETCH_MAX if prefetch is True else int(prefetch)) \
-            if getattr(self.policy, "greedy_by_shape", False) else 0
+        self.depth_max = PREFETCH_MAX if prefetch is True else int(prefetch)
+        self.prefetch = self.depth_max if getattr(self.policy, "greedy_by_shape", False) else 0
         self.adaptive = prefetch is True
         #: other policies whose ``schedule`` has no side effects (``lookahead_safe``)
         #: choose one task to queue behind each running one (see :meth:`_lookahead`)
         self.lookahead = bool(prefetch) and not self.prefetch and \
             bool(getattr(self.policy, "lookahead_safe", False))
-        self._behind: dict[int, _Task] = {}  # running task -> the task queued behind it
+        self._behind: dict[int, collections.deque[_Task]] = {}  # running task -> queued
         self._behind_of: dict[int, int] = {}  # task queued behind -> that running task
         self._runtime: dict[Any, float] = {}  # shape -> mean run time (EWMA), seconds
         self._alloc: dict[int, tuple[str, Any]] = {}  # placed task -> (node, shape)
@@ -293,7 +293,14 @@ class Control:
             self._unplaced_since.pop(task_id, None)
             run = self._behind_of.pop(task_id, None)
             if run is not None:
-                self._behind.pop(run, None)
+                q = self._behind.get(run)
+                if q is not None:
+                    for t in q:
+                        if t.id == task_id:
+                            q.remove(t)
+                            break
+                    if not q:
+                        del self._behind[run]
             key = self._ahead_of.pop(task_id, None)
             if key is not None:
                 q = self._ahead.get(key)
@@ -305,7 +312,7 @@ class Control:
 
     def observe(self, task: _Task, seconds: float) -> None:
         """Record how long a task of this shape ran (a moving mean per shape)."""
-        if self.prefetch and self.adaptive:
+        if (self.prefetch or self.lookahead) and self.adaptive:
             shape = _shape(task.info)
             old = self._runtime.get(shape)
             self._runtime[shape] = seconds if old is None else 0.8 * old + 0.2 * seconds
@@ -314,8 +321,8 @@ class Control:
         """Tasks of ``shape`` sent ahead per running one: ``prefetch``, or with
         ``prefetch=True`` as many as cover ``PREFETCH_HORIZON`` seconds of the shape's
         mean run time (1 until one ended; at least 1, at most ``PREFETCH_MAX``)."""
-        if not self.adaptive or not self.prefetch:
-            return self.prefetch
+        if not self.adaptive or not self.depth_max:
+            return self.depth_max
         mean = self._runtime.get(shape)
         if mean is None:
             return 1
@@ -345,11 +352,16 @@ class Control:
             if node is None:
                 return
             self.dirty = True
-            nxt = self._behind.pop(task_id, None)
-            if nxt is not None:  # the task queued behind it takes its place
+            queue = self._behind.pop(task_id, None)
+            if queue:  # the first task queued behind it takes its place, and the rest
+                nxt = queue.popleft()
                 del self._behind_of[nxt.id]
                 if node in self.index and nxt.info.request.fits(self.index.node(node).free):
                     self._allocate(nxt, node)
+                if queue:
+                    self._behind[nxt.id] = queue
+                    for t in queue:
+                        self._behind_of[t.id] = nxt.id
             key = self._alloc.pop(task_id, None)
             if key is None:
                 return
@@ -409,16 +421,12 @@ class Control:
             for key in [k for k in self._slots if k[0] == node_id]:
                 del self._slots[key]
             for run in [r for r in ids if r in self._behind]:
-                ids.add(self._behind[run].id)
+                ids.update(t.id for t in self._behind[run])
             for tid in ids:
                 self._alloc.pop(tid, None)
                 self._ahead_of.pop(tid, None)
-                behind = self._behind.pop(tid, None)
-                if behind is not None:
-                    self._behind_of.pop(behind.id, None)
-                run = self._behind_of.pop(tid, None)
-                if run is not None:
-                    self._behind.pop(run, None)
+                self._behind.pop(tid, None)
+                self._behind_of.pop(tid, None)
             for tid in sorted(ids):
                 task = self.b._tasks.get(tid)
                 fut = self.b._futs.get(tid)
@@ -689,13 +697,17 @@ class Control:
         """Ask a ``lookahead_safe`` policy which waiting task it would start where a
         running task ends, and queue that task behind it on its worker.
 
-        The policy sees a copy of the index in which every placed task that has no
-        task queued behind it yet has ended (actors' holds stay). Each of its
-        placements goes behind one such task on that node (one of the same shape
-        first); the queued task takes the slot when that task ends. Only policies
+        The policy sees a copy of the index in which every placed task with room
+        behind it (fewer queued than :meth:`depth`) has ended, with what is queued
+        behind it (actors' holds stay). Each of its placements goes behind one such
+        task on that node (one of the same shape, with the shortest queue, first);
+        a queued task takes the slot when the task before it ends. Only policies
         whose ``schedule`` has no side effects may be asked about such a future.
         """
-        ends = [t for t in self._alloc if t not in self._behind]
+        def room(r: int) -> bool:
+            return len(self._behind.get(r, ())) < self.depth(self._alloc[r][1])
+
+        ends = [t for t in self._alloc if room(t)]
         if not ends:
             return
         ending = set(ends)
@@ -706,17 +718,20 @@ class Control:
             if info.id not in ending:
                 virt.allocate(info, self.index.placement_of(info.id))
         by_id = {t.id: t for t in waiting}
+        taken: set[int] = set()  # one new task behind each running task per round
         for d in self.policy.schedule([t.info for t in waiting], virt):
             task = by_id.pop(d.task, None) if isinstance(d, Place) else None
             if task is None or d.node not in self.b._addr_of:
                 continue
-            on_node = [r for r in ends if r not in self._behind and self._alloc[r][0] == d.node]
+            on_node = [r for r in ends if r not in taken and self._alloc[r][0] == d.node]
             if not on_node:
                 continue
             shape = _shape(task.info)
-            run = next((r for r in on_node if self._alloc[r][1] == shape), on_node[0])
+            run = min(on_node, key=lambda r: (self._alloc[r][1] != shape,
+                                              len(self._behind.get(r, ())), r))
+            taken.add(run)
             self.dequeue(task.id)
-            self._behind[run] = task
+            self._behind.setdefault(run, collections.deque()).append(task)
             self._behind_of[task.id] = run
             task.placed = True
             placed.append((task, self.b._addr_of[d.node]))
