@@ -50,7 +50,9 @@ def test_sigkilled_worker_mid_task_is_retried(own_procs, tmp_path):
     unsub = runtime.subscribe(events.append)
     path = str(tmp_path / "pid")
     ref = pid_then_sleep.options(max_retries=2).remote(path, 600)
-    _wait_for(lambda: os.path.exists(path), what="the task to start")
+    # the file exists before the pid is written: wait for its content
+    _wait_for(lambda: os.path.exists(path) and open(path).read().strip(),
+              what="the task to start")
     with open(path) as f:
         pid = int(f.read())
     assert pid == own_procs.worker_pid("cpu")

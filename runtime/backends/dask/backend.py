@@ -124,6 +124,7 @@ class DaskBackend(ClusterView, Backend):
         self._refresh_lock = threading.RLock()
         self._key_ids: dict[str, int] = {}
         self._removals_seen: set[str] = set()  # worker addresses whose removal was handled
+        self._death_counted: set[str] = set()  # keys of attempts whose worker death counted
         comm = getattr(client, "scheduler_comm", None)
         if owns_client and hasattr(comm, "interval"):
             # a client of our own sends to the scheduler every 2 ms, not dask's 10 ms:
@@ -188,8 +189,10 @@ class DaskBackend(ClusterView, Backend):
             return
         key = task_key(task.name, task.id, self.session)
         self._key_ids.pop(key, None)
+        self._death_counted.discard(key)
         for n in range(1, task.extra + 1):
             self._key_ids.pop(f"{key}-r{n}", None)
+            self._death_counted.discard(f"{key}-r{n}")
 
     def _future(self, ref: ObjectRef) -> Future | None:
         fut = self._futs.get(ref.id)

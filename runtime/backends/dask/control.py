@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from runtime.autoscaling import NodeType, ScaleDecision, get_autoscaler
-from runtime.backends.dask.common import ACCELERATOR_PREFIX
+from runtime.backends.dask.common import ACCELERATOR_PREFIX, task_key
 from runtime.cluster_spec import parse_nodes
 from runtime.errors import (
     InfeasibleRequestError,
@@ -436,6 +436,9 @@ class Control:
                 if task.attempts:  # it ran there
                     if task.deaths < task.attempts:  # not counted by _on_worker_removed
                         task.deaths = task.attempts
+                        key = task_key(task.name, tid, self.b.session)
+                        self.b._death_counted.add(f"{key}-r{task.extra}" if task.extra
+                                                  else key)
                         if task.max_retries < 0 or task.deaths < task.max_retries + 1:
                             self.b.events.emit(self.b.now(), EventKind.TASK_RETRIED, tid,
                                                node_id, attempt=task.deaths + 1,

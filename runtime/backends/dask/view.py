@@ -211,8 +211,8 @@ class ClusterView:
             task = self._tasks.get(tid) if tid is not None else None
             if task is None or tid in self._errors or task.actor is not None:
                 continue
-            if task.extra and not key.endswith(f"-r{task.extra}"):
-                continue  # an attempt already moved on (counted when it was resubmitted)
+            if key in self._death_counted:
+                continue  # counted when the policy moved the task (Control.node_removed)
             task.deaths += 1
             if task.attempts < task.deaths:  # its start event died with the worker
                 task.attempts = task.deaths
