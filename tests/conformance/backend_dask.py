@@ -8,14 +8,11 @@ the accelerator label convention of the dask backend.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import runtime
-from tests.dask.cluster import dask_cluster, run_options
+from tests.dask.cluster import conformance_session
 
 NAME = "dask"
 CAPABILITIES = {"processes", "real_time"}
@@ -24,15 +21,5 @@ CAPABILITIES = {"processes", "real_time"}
 @contextmanager
 def start() -> Iterator[runtime.ClusterHandle]:
     """Start scheduler + workers, connect the runtime, and tear everything down after."""
-    workdir = Path(tempfile.mkdtemp(prefix="nbcluster-dask-"))
-    try:
-        with dask_cluster(workdir) as c:
-            # the runtime owns this cluster: shutdown() stops its processes, as on
-            # the local backend (connecting to someone else's cluster never does)
-            handle = runtime.init(c.address, cluster=c, shutdown_cluster=True, **run_options())
-            try:
-                yield handle
-            finally:
-                runtime.shutdown()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with conformance_session() as handle:
+        yield handle

@@ -8,14 +8,11 @@ workers): the whole suite must hold on that path too.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import runtime
-from tests.dask.cluster import dask_cluster, run_options
+from tests.dask.cluster import conformance_session
 
 NAME = "dask-fifo"
 CAPABILITIES = {"processes", "real_time"}
@@ -24,14 +21,5 @@ CAPABILITIES = {"processes", "real_time"}
 @contextmanager
 def start() -> Iterator[runtime.ClusterHandle]:
     """Start scheduler + workers, connect with ``policy="fifo"``, tear everything down after."""
-    workdir = Path(tempfile.mkdtemp(prefix="nbcluster-dask-"))
-    try:
-        with dask_cluster(workdir) as c:
-            handle = runtime.init(c.address, cluster=c, shutdown_cluster=True, policy="fifo",
-                                  **run_options())
-            try:
-                yield handle
-            finally:
-                runtime.shutdown()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with conformance_session(policy="fifo") as handle:
+        yield handle

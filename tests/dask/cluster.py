@@ -282,3 +282,26 @@ def dask_cluster(workdir: Path, workers: Mapping[str, tuple[int, Mapping[str, fl
 def run_options() -> dict[str, Any]:
     """Options for ``runtime.init`` on a test cluster (fast polling)."""
     return {"poll_interval": 0.2}
+
+
+@contextmanager
+def conformance_session(**init_options: Any) -> Iterator[Any]:
+    """The standard two-node cluster in a temporary folder, with the runtime connected
+    and owning it (``shutdown()`` stops its processes, as on the local backend);
+    everything is torn down after. ``init_options`` go to ``runtime.init``."""
+    import shutil
+    import tempfile
+
+    import runtime
+
+    workdir = Path(tempfile.mkdtemp(prefix="nbcluster-dask-"))
+    try:
+        with dask_cluster(workdir) as c:
+            handle = runtime.init(c.address, cluster=c, shutdown_cluster=True,
+                                  **init_options, **run_options())
+            try:
+                yield handle
+            finally:
+                runtime.shutdown()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -338,15 +338,18 @@ class DaskBackend(ClusterView, Backend):
                     self._key_ids[key] = task.id
             self._cond.notify_all()
 
-    def _submit_to_dask(self, task: _Task, workers: list[str] | None = None) -> Future:
-        call = self._dask_call(task)
+    def _submit_to_dask(self, task: _Task, workers: list[str] | None = None,
+                        call: tuple[str, tuple[Any, ...]] | None = None) -> Future | None:
+        """One ``client.submit`` of ``task`` (``call``: its ``_dask_call``, if made);
+        None when an input failed (the task is failed)."""
+        call = call or self._dask_call(task)
         if call is None:
-            return None  # type: ignore[return-value]
+            return None
         key, args = call
         fut = self.client.submit(
             _remote.run_task, *args, key=key, pure=False,
             resources=task.res or None, retries=0, workers=workers,
-            allow_other_workers=False if workers else False,
+            allow_other_workers=False,
         )
         self._submitted([task], [key], [fut])
         return fut
@@ -375,14 +378,13 @@ class DaskBackend(ClusterView, Backend):
         calls = [(t, c) for t in tasks if (c := self._dask_call(t)) is not None]
         if not calls:
             return
-        opts: dict[str, Any] = {"pure": False, "resources": res or None, "retries": 0}
-        if workers:
-            opts.update(workers=workers, allow_other_workers=False)
         try:
             if len(calls) > 1:
                 cols = list(zip(*(c[1] for _, c in calls), strict=True))
                 futs = self.client.map(_remote.run_task, *cols, key=[c[0] for _, c in calls],
-                                       fifo_timeout=0, batch_size=None, **opts)
+                                       pure=False, resources=res or None, retries=0,
+                                       workers=workers, allow_other_workers=False,
+                                       fifo_timeout=0, batch_size=None)
                 for t, _ in calls:
                     t.placed = True
                 self._submitted([t for t, _ in calls], [c[0] for _, c in calls], futs)
@@ -393,9 +395,9 @@ class DaskBackend(ClusterView, Backend):
             for t, _ in calls:
                 t.extra += 1
             calls = [(t, c) for t, _ in calls if (c := self._dask_call(t)) is not None]
-        for t, (key, args) in calls:
+        for t, call in calls:
             try:
-                fut = self.client.submit(_remote.run_task, *args, key=key, **opts)
+                self._submit_to_dask(t, workers, call)
             except Exception as exc:  # noqa: BLE001 - e.g. a function that cannot pickle
                 root: BaseException = exc
                 while root.__cause__ is not None:
@@ -406,7 +408,6 @@ class DaskBackend(ClusterView, Backend):
                     f"{str(root)[:200]})"))
                 continue
             t.placed = True
-            self._submitted([t], [key], [fut])
 
     def _fail(self, task_id: int, err: BaseException, *, cancelled: bool = False) -> None:
         with self._lock:

@@ -124,6 +124,26 @@ def _fifo(task: _Task) -> tuple[float, int]:
     return (task.info.submitted_at, task.id)
 
 
+def _decrement(counter: collections.Counter[Any], key: Any) -> None:
+    """Count one less of ``key``, dropping it at zero."""
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
+
+
+def _unqueue(queues: dict[Any, collections.deque[_Task]], key: Any, task_id: int) -> None:
+    """Remove task ``task_id`` from ``queues[key]``, dropping the queue once empty."""
+    q = queues.get(key)
+    if q is None:
+        return
+    for t in q:
+        if t.id == task_id:
+            q.remove(t)
+            break
+    if not q:
+        del queues[key]
+
+
 class Control:
     """Feasibility checks, the policy placement loop and the autoscaler loop of one backend."""
 
@@ -286,29 +306,14 @@ class Control:
         with self._lock:
             task = self._pending.pop(task_id, None)
             if task is not None:
-                shape = _shape(task.info)
-                self._shape_count[shape] -= 1
-                if self._shape_count[shape] <= 0:
-                    del self._shape_count[shape]
+                _decrement(self._shape_count, _shape(task.info))
             self._unplaced_since.pop(task_id, None)
             run = self._behind_of.pop(task_id, None)
             if run is not None:
-                q = self._behind.get(run)
-                if q is not None:
-                    for t in q:
-                        if t.id == task_id:
-                            q.remove(t)
-                            break
-                    if not q:
-                        del self._behind[run]
+                _unqueue(self._behind, run, task_id)
             key = self._ahead_of.pop(task_id, None)
             if key is not None:
-                q = self._ahead.get(key)
-                if q is not None:
-                    for t in q:
-                        if t.id == task_id:
-                            q.remove(t)
-                            break
+                _unqueue(self._ahead, key, task_id)
 
     def observe(self, task: _Task, seconds: float) -> None:
         """Record how long a task of this shape ran (a moving mean per shape)."""
@@ -335,8 +340,9 @@ class Control:
         self._slots[key] += 1
 
     def task_ended(self, task_id: int) -> None:
-        """A task finished or failed: give its resources back to the index; a task sent
-        ahead to the same worker with the same shape takes the freed slot at once.
+        """A task finished or failed (or gave up its slot before it started): give its
+        resources back to the index; the task queued behind it, or sent ahead to the
+        same worker with the same shape, takes the freed slot at once.
 
         The backend's event thread calls :meth:`place_if_dirty` once it has drained
         its queue, so a burst of ends makes one placement round, without a thread hop.
@@ -365,9 +371,7 @@ class Control:
             key = self._alloc.pop(task_id, None)
             if key is None:
                 return
-            self._slots[key] -= 1
-            if self._slots[key] <= 0:
-                del self._slots[key]
+            _decrement(self._slots, key)
             q = self._ahead.get(key)
             if q:
                 nxt = q.popleft()
@@ -594,17 +598,9 @@ class Control:
         self._poke()
 
     def _unplace(self, task_id: int) -> None:
-        """Give back the slot (or the place ahead) of a task that has not started."""
-        if task_id in self._ahead_of or task_id in self._behind_of:
-            self.dequeue(task_id)
-            return
-        if self.index.release(task_id) is not None:
-            self.dirty = True
-            key = self._alloc.pop(task_id, None)
-            if key is not None:
-                self._slots[key] -= 1
-                if self._slots[key] <= 0:
-                    del self._slots[key]
+        """Give back the slot (or the place ahead) of a task that has not started: the
+        same as its end (what is queued behind it will start in its place)."""
+        self.task_ended(task_id)
 
     def _place(self) -> None:
         with self._lock:
