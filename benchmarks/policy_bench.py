@@ -2,12 +2,11 @@
 
 For 1k / 10k / 100k heterogeneous nodes (CPU, GPU, TPU and QPU node shapes),
 half loaded at random, it times (1) ``next(index.fitting(task, order))``, the
-index query a policy makes, and (2) one whole decision as a simulator makes it:
-``policy.schedule([task], index)`` then ``allocate`` and, for the task placed
-five decisions earlier, ``release``; (3) the same decision when the policy sees the
-index only through the bare ``ClusterState`` protocol (its generic path, as on a
-cluster state that is not a NodeIndex). All should grow at most logarithmically
-with the node count.
+index query a policy makes, (2) one bare decision: ``policy.schedule([task], index)``
+then ``allocate`` and, for the task placed five decisions earlier, ``release``; and
+(3) the same decision through the control plane, as every backend and the simulator
+make it (``submit``, one round with its validation, ``end``). All should stay flat
+(at most logarithmic) in the node count.
 """
 
 from __future__ import annotations
@@ -17,7 +16,9 @@ import random
 import time
 from collections.abc import Callable
 
-from runtime.policies import NodeIndex, TaskInfo, get_policy
+from runtime.control import ClusterIndex, ControlPlane
+from runtime.events import EventKind
+from runtime.policies import TaskInfo, get_policy
 from runtime.resources import Resources
 
 SHAPES = [
@@ -31,9 +32,10 @@ REQUESTS = [{"CPU": 1}, {"CPU": 4, "memory": 8.0}, {"CPU": 2, "GPU": 1}, {"CPU":
             {"QPU": 1}, {"CPU": 8}]
 
 
-def build(n: int, rng: random.Random) -> tuple[NodeIndex, int]:
+def build(n: int, rng: random.Random, idx: ClusterIndex | None = None
+          ) -> tuple[ClusterIndex, int]:
     """A half-loaded index of ``n`` nodes; returns it and the next task id."""
-    idx = NodeIndex()
+    idx = ClusterIndex() if idx is None else idx
     for i in range(n):
         name, total, accel = SHAPES[i % len(SHAPES)]
         idx.add_node(f"n{i:06d}", name, total, {"accelerator_type": accel} if accel else {})
@@ -61,7 +63,7 @@ def per_call(fn: Callable[[int], None], budget: float) -> float:
             return dt / n
 
 
-def query_fn(idx: NodeIndex, order: str) -> Callable[[int], None]:
+def query_fn(idx: ClusterIndex, order: str) -> Callable[[int], None]:
     """One index query: the first fitting node of a probe task."""
     probes = [TaskInfo(10**9 + i, "p", Resources(r)) for i, r in enumerate(REQUESTS)]
 
@@ -71,15 +73,14 @@ def query_fn(idx: NodeIndex, order: str) -> Callable[[int], None]:
     return query
 
 
-def decide_fn(idx: NodeIndex, pname: str, first_id: int, held: list[int],
-              view: object = None) -> Callable[[int], None]:
+def decide_fn(idx: ClusterIndex, pname: str, first_id: int,
+              held: list[int]) -> Callable[[int], None]:
     """One decision: schedule one task, allocate it, release one placed 5 decisions ago."""
     pol = get_policy(pname)
-    cluster = idx if view is None else view
 
     def decide(i: int) -> None:
         t = TaskInfo(first_id + i, "p", Resources(REQUESTS[i % len(REQUESTS)]))
-        for p in pol.schedule([t], cluster):
+        for p in pol.schedule([t], idx):
             idx.allocate(t, p.node)
             held.append(t.id)
         if len(held) > 4:
@@ -88,30 +89,19 @@ def decide_fn(idx: NodeIndex, pname: str, first_id: int, held: list[int],
     return decide
 
 
-class _View:
-    """The index seen through the bare ClusterState protocol (the policies' generic path)."""
+def plane_fn(plane: ControlPlane, first_id: int, held: list[int]) -> Callable[[int], None]:
+    """The same decision through the control plane: submit, one round, end."""
+    def decide(i: int) -> None:
+        t = TaskInfo(first_id + i, "p", Resources(REQUESTS[i % len(REQUESTS)]))
+        plane.submit(t)
+        if plane.schedule():
+            held.append(t.id)
+        else:
+            plane.end(t.id, EventKind.TASK_CANCELLED)
+        if len(held) > 4:
+            plane.end(held.pop(0), EventKind.TASK_FINISHED)
 
-    def __init__(self, idx: NodeIndex) -> None:
-        self.idx = idx
-        self.now = 0.0
-
-    def node(self, node_id: str):  # noqa: ANN201
-        return self.idx.node(node_id)
-
-    def nodes(self):  # noqa: ANN201
-        return self.idx.nodes()
-
-    def fitting(self, task: TaskInfo, order: str = "id"):  # noqa: ANN201
-        return self.idx.fitting(task, order)  # type: ignore[arg-type]
-
-    def speed(self, task: TaskInfo, node: object) -> float:
-        return 1.0
-
-    def running(self):  # noqa: ANN201
-        return self.idx.running()
-
-    def placement_of(self, task_id: int) -> str | None:
-        return self.idx.placement_of(task_id)
+    return decide
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     budget = 0.05 if args.quick else 0.5
     policies = [("fifo", "id"), ("best_fit", "tightest"), ("spread", "loosest")]
     print(f"{'nodes':>8} {'policy':>9} {'fitting() first, us':>20} {'decision, us':>13} "
-          f"{'generic view, us':>17} {'build, s':>9}")
+          f"{'via the plane, us':>18} {'build, s':>9}")
     for n in sizes:
         rng = random.Random(n)
         t0 = time.perf_counter()
@@ -135,11 +125,12 @@ def main(argv: list[str] | None = None) -> None:
             q = per_call(query_fn(idx, order), budget)
             d = per_call(decide_fn(idx, pname, tid, held), budget)
             tid += 10**7
-            g = per_call(decide_fn(idx, pname, tid, held, _View(idx)), budget)
-            tid += 10**7
             while held:
                 idx.release(held.pop())
-            print(f"{n:>8} {pname:>9} {q * 1e6:>20.1f} {d * 1e6:>13.1f} {g * 1e6:>17.1f} "
+            plane = ControlPlane(pname)
+            _, ptid = build(n, random.Random(n), plane.index)
+            g = per_call(plane_fn(plane, ptid + 10**8, held), budget)
+            print(f"{n:>8} {pname:>9} {q * 1e6:>20.1f} {d * 1e6:>13.1f} {g * 1e6:>18.1f} "
                   f"{build_s:>9.2f}")
 
 

@@ -66,21 +66,21 @@ def decision_cost(nodes: int, decisions: int = 5_000, policy: str = "best_fit",
     on ``bench_cluster(nodes)`` pre-filled to about ``fill`` of every node."""
     import random
 
+    from runtime.cluster import TaskInfo
+    from runtime.control import ClusterIndex
     from runtime.policies import get_policy
-    from runtime.policies.base import TaskInfo
-    from simulator.state import SimClusterState
 
     rng = random.Random(seed)
     cl = bench_cluster(nodes)
-    st = SimClusterState(list(cl.node_specs))
+    st = ClusterIndex()
     tid = 0
     for spec in cl.node_specs:
         for i in range(spec.count):
-            n = st.add_node(f"{spec.name}-{i:06d}", spec, "up", 0.0)
+            n = st.add_node(f"{spec.name}-{i:06d}", spec, state="up")
             amount = {k: float(int(v * fill * rng.uniform(0.8, 1.0))) for k, v in
                       spec.resources.items()}
             filler = TaskInfo(tid, "filler", Resources(amount))
-            st.allocate(filler, n, n.group.reqvec(filler.request))
+            st.allocate_vec(filler, n, n.group.reqvec(filler.request))
             tid += 1
     shapes = [Resources({"CPU": 1}), Resources({"CPU": 1, "GPU": 1}),
               Resources({"CPU": 1, "TPU": 1})]
@@ -93,14 +93,13 @@ def decision_cost(nodes: int, decisions: int = 5_000, policy: str = "best_fit",
         task = TaskInfo(tid, "job", rng.choice(shapes), kind="job")
         tid += 1
         for d in pol.schedule([task], st):
-            n = st.sim_node(d.node)
-            st.allocate(task, n, n.group.reqvec(task.request))
+            n = st.record(d.node)
+            st.allocate_vec(task, n, n.group.reqvec(task.request))
             running.append(task)
             placed += 1
         if running and rng.random() < 0.5:
             done = running.pop(rng.randrange(len(running)))
-            n = st.sim_node(st.placement_of(done.id))  # type: ignore[arg-type]
-            st.release(done.id, n, n.group.reqvec(done.request))
+            st.release(done.id)
     dt = clock() - t0
     return {"nodes": nodes, "policy": policy, "decisions": decisions, "placed": placed,
             "us_per_decision": 1e6 * dt / decisions}

@@ -8,6 +8,7 @@ Figures are printed, never asserted (the machine is shared and noisy).
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from collections.abc import Callable
 
@@ -78,6 +79,7 @@ def _actor(n: int) -> int:
 
 
 def _run(fn: Callable[[int], int], n: int) -> tuple[int, float, float]:
+    gc.collect()  # each row starts from a collected heap (else the order of rows shows)
     rt.init("sim", nodes=NODES, seed=0)
     try:
         t0 = time.perf_counter()

@@ -14,7 +14,8 @@ import ast
 import symtable
 from dataclasses import dataclass, field
 
-__all__ = ["CellAnalysis", "analyze_cell", "split_last_expression", "IPYTHON_NAMES"]
+__all__ = ["CellAnalysis", "analyze_cell", "split_last_expression", "IPYTHON_NAMES",
+           "ends_with_semicolon"]
 
 #: Names IPython keeps in the user namespace that never travel with a cell.
 IPYTHON_NAMES = frozenset({
@@ -35,6 +36,10 @@ class CellAnalysis:
     writes: tuple[str, ...]  # in first-binding order
     imports: dict[str, str] = field(default_factory=dict)  # bound name -> module name
     has_last_expression: bool = False
+    #: Read names the cell may change in place (item/attribute stores, method calls,
+    #: passed to a function...): the worker checks them and brings back changed ones.
+    maybe_mutated: frozenset[str] = frozenset()
+    quiet: bool = False  # the last line ends with ``;``: the value is not displayed
 
 
 def _stored_names(target: ast.AST) -> list[str]:
@@ -56,8 +61,14 @@ def _bindings(stmt: ast.stmt) -> list[str]:
 
 
 def _loads(node: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)
-            and isinstance(n.ctx, (ast.Load, ast.Del))}
+    """Names loaded (or deleted) in ``node``; ``x += 1`` loads ``x`` too."""
+    out: set[str] = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Load, ast.Del)):
+            out.add(n.id)
+        elif isinstance(n, ast.AugAssign) and isinstance(n.target, ast.Name):
+            out.add(n.target.id)
+    return out
 
 
 def _scope_globals(table: symtable.SymbolTable, reads: set[str], writes: set[str]) -> None:
@@ -69,6 +80,7 @@ def _scope_globals(table: symtable.SymbolTable, reads: set[str], writes: set[str
                     reads.add(sym.get_name())
                 if sym.is_declared_global() and sym.is_assigned():
                     writes.add(sym.get_name())
+                    reads.add(sym.get_name())  # it may be ``global n; n += 1``
         _scope_globals(child, reads, writes)
 
 
@@ -116,8 +128,10 @@ def analyze_cell(source: str, filename: str = "<cell>") -> CellAnalysis:
     table = symtable.symtable(source, filename, "exec")
     candidates: set[str] = set()
     nested_writes: set[str] = set()
+    augmented = {n.target.id for n in ast.walk(tree)
+                 if isinstance(n, ast.AugAssign) and isinstance(n.target, ast.Name)}
     for sym in table.get_symbols():
-        if sym.is_referenced():
+        if sym.is_referenced() or sym.get_name() in augmented:
             candidates.add(sym.get_name())
     _scope_globals(table, candidates, nested_writes)
 
@@ -156,7 +170,86 @@ def analyze_cell(source: str, filename: str = "<cell>") -> CellAnalysis:
                 imports[a.asname or a.name.split(".")[0]] = a.name if a.asname else \
                     a.name.split(".")[0]
     has_last = bool(tree.body) and isinstance(tree.body[-1], ast.Expr)
-    return CellAnalysis(frozenset(reads), tuple(ordered), imports, has_last)
+    mutated = frozenset(reads & impure_names(tree))
+    return CellAnalysis(frozenset(reads), tuple(ordered), imports, has_last, mutated,
+                        has_last and ends_with_semicolon(source))
+
+
+#: Builtins that never change their arguments: passing a value to them is a pure read.
+PURE_CALLS = frozenset({
+    "print", "len", "repr", "str", "int", "float", "bool", "complex", "sum", "min", "max",
+    "sorted", "list", "tuple", "set", "frozenset", "dict", "abs", "round", "isinstance",
+    "issubclass", "type", "id", "hash", "format", "enumerate", "zip", "range", "any", "all",
+    "hasattr", "getattr", "callable", "divmod", "pow", "ascii", "bin", "hex", "oct", "ord",
+    "chr", "bytes", "reversed",
+})
+#: Methods that only read their object (``d.get(k)``, ``s.split()``...).
+PURE_METHODS = frozenset({
+    "get", "keys", "values", "items", "copy", "count", "index", "startswith", "endswith",
+    "split", "strip", "lower", "upper", "format", "join", "tolist", "mean", "std", "sum",
+    "min", "max", "any", "all", "round", "argmax", "argmin",
+})
+_PURE_PARENTS = (ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.FormattedValue,
+                 ast.JoinedStr, ast.Expr, ast.Assert, ast.If, ast.While, ast.IfExp)
+
+
+def impure_names(tree: ast.AST) -> set[str]:
+    """Names used somewhere the value could be changed in place or escape (an alias).
+
+    Pure uses: operands (``x + 1``, ``x < y``), arguments of :data:`PURE_CALLS`,
+    reading methods (:data:`PURE_METHODS`), items and attributes read into a pure use
+    (``print(d['k'])``), a bare expression. Anything else counts: ``d[k] = v``,
+    ``p.x = 1``, ``items.append(3)``, ``f(cfg)``, ``alias = data``.
+    """
+    parents: dict[ast.AST, ast.AST] = {}
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            parents[child] = node
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and \
+                not _pure_use(node, parents):
+            out.add(node.id)
+        elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+            out.add(node.target.id)
+    return out
+
+
+def _pure_use(name: ast.Name, parents: dict[ast.AST, ast.AST]) -> bool:
+    expr: ast.AST = name
+    parent = parents.get(expr)
+    while isinstance(parent, (ast.Subscript, ast.Attribute)) and parent.value is expr:
+        if not isinstance(parent.ctx, ast.Load):
+            return False  # d[k] = v, p.x = 1, del d[k]
+        expr, parent = parent, parents.get(parent)
+    if isinstance(parent, ast.Subscript) and parent.slice is expr:
+        return True  # used as an index
+    if isinstance(parent, ast.Call):
+        if parent.func is expr:  # calling it (a function), or a method call on the value
+            return isinstance(expr, ast.Name) or (isinstance(expr, ast.Attribute)
+                                                  and expr.attr in PURE_METHODS)
+        return isinstance(parent.func, ast.Name) and parent.func.id in PURE_CALLS
+    if isinstance(parent, ast.keyword):
+        call = parents.get(parent)
+        return isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and \
+            call.func.id in PURE_CALLS
+    return isinstance(parent, _PURE_PARENTS)
+
+
+def ends_with_semicolon(source: str) -> bool:
+    """Whether the cell's last code token is ``;`` (IPython then hides the value)."""
+    import io
+    import tokenize
+
+    last = ""
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE,
+                                tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER):
+                last = tok.string
+    except (tokenize.TokenError, SyntaxError):
+        return False
+    return last == ";"
 
 
 def split_last_expression(source: str, filename: str = "<cell>",

@@ -1,106 +1,60 @@
-"""Running a submitted ``%%remote`` cell to the end: waiting, cancelling, errors.
+"""A submitted ``%%remote`` cell: the future ``--bg`` returns (and blocking cells use).
 
-:class:`RemoteCell` is the handle ``%%remote --bg`` returns (and what a blocking
-cell uses internally): its wait is a loop of short ``runtime.wait`` calls, so a
-kernel interrupt lands within one poll and cancels the remote task. Remote
-errors are re-dressed to show only the cell's own frames, labelled with the
-task and node, while staying instances of their original type.
+:class:`RemoteCell` is a :class:`concurrent.futures.Future`: ``await job``,
+``concurrent.futures.wait``/``as_completed``, ``runtime.get(job)`` and
+``runtime.wait([job, ...])`` all work with it. Its wait is a loop of short
+``runtime.wait`` calls, so a kernel interrupt lands within one poll and cancels
+the remote task. When it finishes, the pulled names and the in-place changes
+are written into the notebook (once, by whichever comes first).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import html
+import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Generator, MutableMapping
 from typing import Any
 
 import runtime
-from kernel_ext.cellrun import REMOTE_TB_ATTR, CellResult, ReprOnly, unpack
+from kernel_ext.cellrun import CellResult, ReprOnly, unpack
+from kernel_ext.errors import cell_error, clean_error
+from kernel_ext.holders import clock_words
+from kernel_ext.inplace import apply_in_place
 from kernel_ext.output import OutputRouter, StreamRelay
-from runtime.errors import TaskError
 
-__all__ = ["RemoteCell", "clean_error", "dress_remote_error", "POLL_S"]
+__all__ = ["RemoteCell", "POLL_S", "poll_for", "print_notes"]
 
 #: Seconds between checks of a blocking cell (bounds how late an interrupt lands).
 POLL_S = 0.1
+#: How long a finished cell waits for the end of its output to arrive (dask events).
+DRAIN_S = 2.0
+_TERMINAL = ("finished", "failed", "cancelled")
 
 
-def clean_error(exc: BaseException, text: str | None = None) -> BaseException:
-    """Make IPython show ``exc`` as its message only (no internal traceback)."""
-    lines = [text if text is not None else
-             "".join(traceback.format_exception_only(type(exc), exc)).rstrip("\n")]
-    try:
-        exc._render_traceback_ = lambda: lines  # type: ignore[attr-defined]
-    except AttributeError:
-        pass
-    return exc
+def poll_for(ref: runtime.ObjectRef) -> float | None:
+    """The poll step for ``ref``'s backend (None on sim: one call, virtual time)."""
+    return None if getattr(ref.backend, "kind", "") == "sim" else POLL_S
 
 
-def _trim_text(tb_text: str, filename: str) -> str:
-    lines = tb_text.splitlines(True)
-    marker = f'File "{filename}"'
-    for i, line in enumerate(lines):
-        if marker in line:
-            return "Traceback (most recent call last):\n" + "".join(lines[i:])
-    return tb_text
+class RemoteCell(concurrent.futures.Future):  # type: ignore[type-arg]
+    """A submitted ``%%remote`` cell: ``result()``, ``cancel()``, ``done()``, ``state``...
 
-
-_NAMED: dict[type, type] = {}
-
-
-def _cause_str(self: TaskError) -> str:
-    if self.cause is not None:
-        return str(self.cause)
-    return self.cause_type
-
-
-def dress_remote_error(err: TaskError, task_id: Any, node: str | None,
-                       filename: str) -> TaskError:
-    """Show only the cell's remote frames, headed by task and node; keep the type.
-
-    The error stays an instance of ``TaskError`` and of the remote exception's
-    type, and is renamed after the latter (so Jupyter's ``ename`` is ``ValueError``).
-    """
-    cause = err.cause
-    text = getattr(cause, REMOTE_TB_ATTR, None) or _trim_text(err.remote_traceback or "",
-                                                             filename)
-    if not text:
-        text = f"{err.cause_type}: {_cause_str(err)}\n"
-    where = f" on node {node or err.node}" if (node or err.node) else ""
-    header = f"{err.cause_type} in %%remote task {task_id}{where} (remote traceback):"
-    lines = [header, text.rstrip("\n")]
-    cls = type(err)
-    named = _NAMED.get(cls)
-    if named is None:
-        try:
-            named = type(err.cause_type.rsplit(".", 1)[-1] or cls.__name__, (cls,),
-                         {"__module__": cls.__module__, "__str__": _cause_str})
-        except TypeError:
-            named = cls
-        _NAMED[cls] = named
-    try:
-        err.__class__ = named
-    except TypeError:
-        pass
-    err._render_traceback_ = lambda: lines  # type: ignore[attr-defined]
-    return err
-
-
-class RemoteCell:
-    """A submitted ``%%remote`` cell: its state, ``result()``, ``cancel()``, ``done()``.
-
-    When it finishes, the names it pulls are written into the user namespace
-    (once, by whichever comes first: the blocking wait, ``result()`` or, for
-    ``--bg`` cells, a completion thread).
+    A real future: awaitable, and usable with ``concurrent.futures.wait`` /
+    ``as_completed`` (settled from a helper thread; on the sim backend, where
+    time moves only while the notebook waits, use ``runtime.wait``/``get`` or
+    ``kernel_ext.gather``) and with ``runtime.get``/``runtime.wait``.
     """
 
     def __init__(self, ref: runtime.ObjectRef, number: Any, filename: str,
                  user_ns: MutableMapping[str, Any], router: OutputRouter | None,
                  relay: StreamRelay | None, output_name: str | None = None,
                  background: bool = False) -> None:
-        self.ref = ref
+        super().__init__()
+        self._ref = ref
         self.number = number
         self.filename = filename
         self.user_ns = user_ns
@@ -108,23 +62,24 @@ class RemoteCell:
         self.output_name = output_name
         self.started = time.monotonic()
         self.pulled: tuple[str, ...] = ()
+        self.mutated: tuple[str, ...] = ()
         self.skipped: dict[str, str] = {}
+        self.unknown: dict[str, str] = {}
         self._router = router
         self._relay = relay
-        self._lock = threading.Lock()
+        self._settle_lock = threading.Lock()
         self._outcome: tuple[bool, Any] | None = None  # (ok, value-or-error)
-        self._finished = threading.Event()
 
     # -- state ------------------------------------------------------------------
     @property
     def task_id(self) -> Any:
         """The id of the remote task."""
-        return self.ref.id
+        return self._ref.id
 
     @property
     def node(self) -> str | None:
         """The node the task ran (or runs) on, when known."""
-        rec = self.ref.backend.log.tasks.get(self.ref.id)
+        rec = self._ref.backend.log.tasks.get(self._ref.id)
         return rec.node if rec is not None else None
 
     @property
@@ -135,14 +90,26 @@ class RemoteCell:
             if ok:
                 return "finished"
             return "cancelled" if isinstance(value, runtime.TaskCancelledError) else "failed"
-        rec = self.ref.backend.log.tasks.get(self.ref.id)
+        rec = self._ref.backend.log.tasks.get(self._ref.id)
         if rec is not None and rec.state != "finished":
             return rec.state
-        return "finished" if self.ref.done() else "running"
+        return "finished" if self._ref.done() else "running"
+
+    def _runtime_ref_(self) -> runtime.ObjectRef:
+        """The task's ref (``runtime.get``/``wait`` wait on it, then ask this handle)."""
+        return self._ref
 
     def done(self) -> bool:
         """Whether the task has finished (never blocks)."""
-        return self._outcome is not None or self.ref.done()
+        return self._outcome is not None or self._ref.done()
+
+    def running(self) -> bool:
+        """Whether the task has started and not finished."""
+        return not self.done() and self.state in ("running", "blocked")
+
+    def cancelled(self) -> bool:
+        """Whether the cell ended by cancellation."""
+        return self.done() and self.state == "cancelled"
 
     # -- waiting -----------------------------------------------------------------
     def wait(self, timeout: float | None = None, poll: float | None = POLL_S) -> bool:
@@ -151,57 +118,96 @@ class RemoteCell:
         Returns whether it is done. ``poll=None`` waits in one call (the sim
         backend, where time is virtual and a kernel interrupt reaches the engine).
         """
+        if poll is None:
+            ready, _ = runtime.wait([self._ref], timeout=timeout)
+            return bool(ready)
         deadline = None if timeout is None else time.monotonic() + timeout
-        virtual = poll is None
         while True:
-            if virtual:
-                ready, _ = runtime.wait([self.ref], timeout=timeout)
-                return bool(ready)
             step = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
-            ready, _ = runtime.wait([self.ref], timeout=step)
+            ready, _ = runtime.wait([self._ref], timeout=step)
             if ready:
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
 
+    def _drain(self) -> None:
+        """Let the task's last output arrive before its relay is dropped (dask sends
+        output as events, which can trail the result by a moment)."""
+        log = self._ref.backend.log
+        deadline = time.monotonic() + DRAIN_S
+        ev = threading.Event()
+        while time.monotonic() < deadline:
+            rec = log.tasks.get(self._ref.id)
+            if rec is None or rec.state in _TERMINAL:
+                return
+            ev.wait(0.01)
+
     def _settle(self) -> tuple[bool, Any]:
-        """Fetch the outcome once and apply pulled names (thread-safe)."""
-        with self._lock:
+        """Fetch the outcome once, apply pulled names and in-place changes (thread-safe)."""
+        with self._settle_lock:
             if self._outcome is not None:
                 return self._outcome
             try:
-                res: CellResult = runtime.get(self.ref, timeout=30)
-            except TaskError as err:
-                outcome: tuple[bool, Any] = (False, dress_remote_error(
-                    err, self.task_id, self.node, self.filename))
-            except BaseException as err:  # noqa: BLE001 - cancelled, crashed, shut down
-                outcome = (False, clean_error(err))
+                res: CellResult = runtime.get(self._ref, timeout=30)
+            except BaseException as err:  # noqa: BLE001 - failed, cancelled, crashed
+                outcome: tuple[bool, Any] = (False, cell_error(
+                    err, self.task_id, self.node, self.filename, self.number))
             else:
-                values, skipped = _localize(res.values)
-                self.user_ns.update(values)
-                self.pulled = tuple(values)
-                self.skipped = {**res.skipped, **skipped}
-                value = None
-                if res.has_result and res.result is not None:
-                    try:
-                        value = unpack(res.result)
-                    except Exception as exc:  # noqa: BLE001 - e.g. a class missing here
-                        value = ReprOnly(f"<result could not be loaded here: {exc}>")
-                if self.output_name:
-                    self.user_ns[self.output_name] = value
-                outcome = (True, value)
+                outcome = (True, self._apply(res))
             self._outcome = outcome
-        self._finished.set()
+        if not concurrent.futures.Future.done(self):
+            ok, value = outcome
+            if ok:
+                self.set_result(value)
+            else:
+                self.set_exception(value)
         if self._router is not None:
+            if getattr(self._ref.backend, "kind", "") == "dask":
+                self._drain()
             self._router.unroute(self.task_id)
         return outcome
 
+    def _apply(self, res: CellResult) -> Any:
+        values, skipped = _localize(res.values)
+        mutated = set(res.mutated)
+        for name, new in values.items():
+            if name in mutated and name in self.user_ns and \
+                    apply_in_place(self.user_ns[name], new):
+                continue
+            self.user_ns[name] = new
+        self.pulled = tuple(n for n in values if n not in mutated)
+        self.mutated = tuple(n for n in res.mutated if n in values)
+        self.skipped = {**res.skipped, **skipped}
+        self.unknown = dict(res.unknown)
+        value = None
+        if res.has_result and res.result is not None:
+            try:
+                value = unpack(res.result)
+            except Exception as exc:  # noqa: BLE001 - e.g. a class missing here
+                value = ReprOnly(f"<result could not be loaded here: {exc}>")
+        if self.output_name:
+            self.user_ns[self.output_name] = value
+        return value
+
+    def notes(self) -> list[str]:
+        """One line per name that did not come back, or whose change cannot be known."""
+        out = [f"{name!r} was not brought back ({why})" for name, why in self.skipped.items()]
+        out += [f"{name!r} may have been changed in place on the worker; that cannot be "
+                f"checked ({why}), so the notebook keeps its own value"
+                for name, why in self.unknown.items()]
+        return out
+
     def result(self, timeout: float | None = None) -> Any:
-        """The value of the cell's last expression (None if it has none); raises its error."""
+        """The value of the cell's last expression (None if it has none); raises its error.
+
+        On the sim backend ``timeout`` is in virtual seconds.
+        """
         if self._outcome is None:
-            if not self.wait(timeout, poll=_poll_for(self.ref)):
+            if not self.wait(timeout, poll=poll_for(self._ref)):
                 raise clean_error(runtime.GetTimeoutError(
-                    f"%%remote task {self.task_id} did not finish within {timeout} s"))
+                    f"%%remote task {self.task_id} did not finish within "
+                    f"{clock_words(self._ref.backend, timeout or 0)} (it is {self.state}; "
+                    f"the task keeps running)"))
         ok, value = self._settle()
         if not ok:
             raise value
@@ -221,11 +227,24 @@ class RemoteCell:
         """Cancel the remote task: politely, then by force after ``grace`` seconds."""
         if self.done():
             return False
-        runtime.cancel(self.ref)
-        if not self.wait(grace):
-            runtime.cancel(self.ref, force=True)
-            self.wait(grace)
+        runtime.cancel(self._ref)
+        if not self.wait(grace, poll=poll_for(self._ref)):
+            runtime.cancel(self._ref, force=True)
+            self.wait(grace, poll=poll_for(self._ref))
         return True
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._wait_async().__await__()
+
+    async def _wait_async(self) -> Any:
+        if not self.done():
+            try:
+                await self._ref  # drives virtual time on the sim backend
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001, S110 - the outcome below carries it
+                pass
+        return self.result()
 
     # -- background completion ------------------------------------------------------
     def watch(self, on_done: Callable[[RemoteCell], None] | None = None) -> None:
@@ -236,12 +255,11 @@ class RemoteCell:
             if self._relay is not None:
                 took = time.monotonic() - self.started
                 if ok:
-                    names = ", ".join(self.pulled) or "nothing"
+                    names = ", ".join(self.pulled + self.mutated) or "nothing"
                     msg = f"[%%remote {self.number}] finished in {took:.2f} s; pulled {names}\n"
                     self._relay.write("stdout", msg)
-                    for name, why in self.skipped.items():
-                        self._relay.write("stderr", f"[%%remote {self.number}] {name!r} was "
-                                                    f"not brought back ({why})\n")
+                    for note in self.notes():
+                        self._relay.write("stderr", f"[%%remote {self.number}] {note}\n")
                 else:
                     msg = (f"[%%remote {self.number}] {self.state}: "
                            f"{type(value).__name__}: {value} (see .result())\n")
@@ -252,9 +270,12 @@ class RemoteCell:
 
         def callback(_ref: Any) -> None:
             """The backend's done-callback: hand off to a helper thread."""
+            if getattr(self._ref.backend, "kind", "") == "sim":
+                finish()  # the engine's own thread: the sim accepts calls only here
+                return
             threading.Thread(target=finish, name="kernel_ext-bg-finish", daemon=True).start()
 
-        self.ref.add_done_callback(callback)
+        self._ref.add_done_callback(callback)
 
     # -- display ------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -278,6 +299,7 @@ def _localize(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     return out, skipped
 
 
-def _poll_for(ref: runtime.ObjectRef) -> float | None:
-    return None if getattr(ref.backend, "kind", "") == "sim" else POLL_S
-
+def print_notes(handle: RemoteCell) -> None:
+    """Write the handle's notes to stderr (the end of a blocking cell)."""
+    for note in handle.notes():
+        print(f"%%remote: {note}", file=sys.stderr)

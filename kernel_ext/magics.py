@@ -1,21 +1,19 @@
 """The ``%cluster``, ``%%remote`` and ``%remote_preset`` magics.
 
-``%%remote`` turns a cell into one task: the names it reads (found by
-:mod:`kernel_ext.capture`) travel with cloudpickle, :func:`kernel_ext.cellrun.run_cell`
-runs it on a worker, the names it assigns come back, and its output streams into
-the cell through :mod:`kernel_ext.output`. Everything goes through the public
-``runtime`` API, so it works on every backend; ``%cluster connect ADDRESS``
-passes the address straight to ``runtime.init``.
+``%%remote`` turns a cell into one task (:mod:`kernel_ext.remote`): the names it
+reads (found by :mod:`kernel_ext.capture`) travel with cloudpickle,
+:func:`kernel_ext.cellrun.run_cell` runs it on a worker, the names it assigns (and
+the shipped values it changes in place) come back, and its output and displays
+stream into the cell through :mod:`kernel_ext.output`. Everything goes through
+the public ``runtime`` API, so it works on every backend; ``%cluster connect
+ADDRESS`` passes the address straight to ``runtime.init``.
 """
 
 from __future__ import annotations
 
 import ast
-import math
 import re
 import sys
-import threading
-import traceback
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -23,18 +21,13 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 import runtime
-from kernel_ext.capture import analyze_cell
-from kernel_ext.cellrun import CellPayload, pack, run_cell
-from kernel_ext.handles import RemoteCell, _poll_for, clean_error
+from kernel_ext import holders
+from kernel_ext.handles import RemoteCell
 from kernel_ext.output import OutputRouter, StreamRelay, current_parent
-from runtime.options import validate_options
-from runtime.serialization import describe_unpicklable
+from kernel_ext.remote import CellRunner
+from kernel_ext.workerns import SetupCell
 
 __all__ = ["ClusterMagics"]
-
-
-def _csv(text: str | None) -> list[str]:
-    return [p.strip() for p in (text or "").split(",") if p.strip()]
 
 
 def _literal(text: str, ns: dict[str, Any]) -> Any:
@@ -46,24 +39,21 @@ def _literal(text: str, ns: dict[str, Any]) -> Any:
         return text
 
 
-def _flagify(text: str, flags: dict[str, str]) -> str:
-    """Say ``--cpus -1`` where the runtime's message says ``num_cpus=-1``."""
-    for key, flag in flags.items():
-        text = re.sub(rf"\b{key}=(?=[^\s/,:.;)])", f"{flag} ", text)  # key=VALUE
-        text = re.sub(rf"\b{key}=", flag, text)  # a bare key=
-    return text
+def _cellify(text: str) -> str:
+    """``%remote`` -> ``%%remote`` (argparse names the cell magic with one ``%``)."""
+    return re.sub(r"(?<!%)%remote\b", "%%remote", text)
 
 
-def _parse(fn: Any, line: str) -> Any:
+def _parse(fn: Any, line: str, cell: bool = False) -> Any:
     """``parse_argstring`` whose ``UsageError`` always carries the magic's usage."""
     try:
         return parse_argstring(fn, line)
     except UsageError as exc:
         usage = fn.parser.format_usage().strip().lstrip(":").strip()
         text = str(exc)
-        if usage in text:
-            raise
-        raise UsageError(f"{text}\nusage: {usage}") from None
+        if usage not in text:
+            text = f"{text}\nusage: {usage}"
+        raise UsageError(_cellify(text) if cell else text) from None
 
 
 @magics_class
@@ -77,6 +67,8 @@ class ClusterMagics(Magics):
         self.monitors: list[Any] = []
         self.cells: list[RemoteCell] = []
         self.notices: list[str] = []
+        self.setups: list[SetupCell] = []  # %%remote --all cells, replayed on new workers
+        self.runner = CellRunner(self)
 
     # ------------------------------------------------------------------ helpers
     def _backend(self, auto: bool) -> Any:
@@ -105,7 +97,10 @@ class ClusterMagics(Magics):
         if self.router is None or self.router.backend is not backend:
             if self.router is not None:
                 self.router.uninstall()
+                holders.forget_book(self.router.backend)
+                self.setups.clear()  # a new cluster: its workers know none of them
             self.router = OutputRouter(backend).install()
+            holders.book_for(backend)  # actors from now on are named in notices
         return self.router
 
     def close(self) -> None:
@@ -117,7 +112,9 @@ class ClusterMagics(Magics):
         self.monitors.clear()
         if self.router is not None:
             self.router.uninstall()
+            holders.forget_book(self.router.backend)
             self.router = None
+        self.setups.clear()
 
     # ------------------------------------------------------------------ %cluster
     @magic_arguments()
@@ -138,7 +135,9 @@ class ClusterMagics(Magics):
     @argument("--interval", type=float, default=0.5,
               help="monitor: seconds between redraws (default 0.5)")
     @argument("--follow", type=float, default=None, metavar="S",
-              help="monitor --text: print changes for S seconds")
+              help="monitor --text: print changes for S seconds, in the background")
+    @argument("--stop", action="store_true",
+              help="monitor: stop the monitors (and --follow printers) started here")
     @line_magic
     def cluster(self, line: str) -> Any:
         """Connect to a cluster, show it, scale it, monitor it, disconnect.
@@ -171,7 +170,7 @@ class ClusterMagics(Magics):
             return None
         backend = runtime.current_backend()
         if action == "status":
-            return runtime.ClusterHandle(backend)
+            return holders.StatusView(backend)
         if action == "scale":
             if args.count is None and args.target is not None and args.target.isdigit():
                 args.target, args.count = None, int(args.target)  # %cluster scale N
@@ -214,11 +213,24 @@ class ClusterMagics(Magics):
         from kernel_ext.monitor import make_monitor
         from kernel_ext.text import TextMonitor
 
+        if args.stop:
+            n = len(self.monitors)
+            for m in self.monitors:
+                m.close()
+            self.monitors.clear()
+            print(f"stopped {n} monitor(s)")
+            return None
         in_kernel = hasattr(self.shell, "kernel")
         mon = make_monitor(backend, interval=args.interval, text=args.text or not in_kernel)
         if isinstance(mon, TextMonitor):
             if args.follow:
-                mon.follow(args.follow)
+                if args.follow <= 0:
+                    raise UsageError(f"--follow {args.follow:g}: expected seconds > 0")
+                relay = StreamRelay(current_parent(self.shell), sys.stdout, sys.stderr)
+                mon.follow_in_background(args.follow, relay)
+                self.monitors.append(mon)
+                print(f"printing the cluster on each change for {args.follow:g} s in the "
+                      f"background; %cluster monitor --stop stops it")
             else:
                 print(mon.render())
             return None
@@ -250,7 +262,7 @@ class ClusterMagics(Magics):
         cell_magics = self.shell.magics_manager.magics["cell"]
         if name in cell_magics and name not in self.presets:
             raise UsageError(f"%remote_preset {name}: %%{name} is already a cell magic")
-        self._options(_parse(self.remote, flags))  # validate now
+        self._options(_parse(self.remote, flags, cell=True))  # validate now
 
         def preset(line: str, cell: str) -> Any:
             """Run the cell as ``%%remote`` with the preset's flags first."""
@@ -274,7 +286,12 @@ class ClusterMagics(Magics):
     @argument("-o", "--output", default=None, metavar="NAME",
               help="store the last expression's value (with --bg: the handle) in NAME")
     @argument("--timeout", type=float, default=None, metavar="S",
-              help="cancel the task after S seconds")
+              help="cancel the task after S seconds (virtual seconds on sim)")
+    @argument("--retries", type=int, default=None, metavar="N",
+              help="run the cell again up to N times if its worker dies (default 0)")
+    @argument("--all", action="store_true",
+              help="a setup cell: run it in every worker (output labelled per node); its "
+                   "names stay there for later cells, and new workers run it first")
     @cell_magic
     def remote(self, line: str, cell: str) -> Any:
         """Run this cell as one task on the cluster.
@@ -299,147 +316,17 @@ class ClusterMagics(Magics):
                ...: slow = expensive()
             Out[4]: <%%remote [4] task 7 on local-0: running>
             In [5]: job.result(); slow
+            In [6]: %%remote --all
+               ...: import torch
         """
         return self._remote(line, cell)
 
     def _options(self, args: Any) -> dict[str, Any]:
-        opts: dict[str, Any] = {}
-        flags = {"num_cpus": "--cpus", "num_gpus": "--gpus", "resources": "--resources",
-                 "accelerator_type": "--accelerator"}
-        if args.cpus is not None:
-            opts["num_cpus"] = args.cpus
-        if args.gpus is not None:
-            opts["num_gpus"] = args.gpus
-        if args.accelerator is not None:
-            opts["accelerator_type"] = args.accelerator
-        if args.resources is not None:
-            res: dict[str, Any] = {}
-            for item in _csv(args.resources):
-                key, sep, value = item.partition("=")
-                try:
-                    res[key.strip()] = float(value)
-                except ValueError:
-                    raise UsageError(f"--resources {args.resources!r}: expected K=V,... with "
-                                     f"numbers, e.g. TPU=1,QPU=0.5") from None
-                if not sep:
-                    raise UsageError(f"--resources {args.resources!r}: expected K=V,...")
-                own = {"CPU": "--cpus", "GPU": "--gpus"}.get(key.strip())
-                if own is not None:
-                    raise UsageError(f"--resources {args.resources!r}: {key.strip()} has its "
-                                     f"own flag; use {own} {res[key.strip()]:g} instead")
-            opts["resources"] = res
-        if args.timeout is not None and (math.isnan(args.timeout) or args.timeout <= 0):
-            raise UsageError(f"--timeout {args.timeout}: expected a number of seconds > 0")
-        if args.output is not None and not args.output.isidentifier():
-            raise UsageError(f"-o {args.output!r}: expected a variable name")
-        try:
-            return validate_options("task", opts)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(_flagify(str(exc), flags)) from None
-
-    def _ship(self, names: set[str], pushed: list[str]) -> dict[str, Any]:
-        ns = self.shell.user_ns
-        values: dict[str, Any] = {}
-        for name in pushed:
-            if name not in ns:
-                raise UsageError(f"--push {name}: there is no variable {name!r}")
-        for name in sorted(names | set(pushed)):
-            if name not in ns:
-                continue  # a builtin, or a NameError the remote run will report
-            value = ns[name]
-            try:
-                values[name] = pack(value)
-            except Exception as exc:  # noqa: BLE001 - name the variable and the culprit
-                inner = describe_unpicklable(value) or f"{type(exc).__name__}: {exc}"
-                raise clean_error(runtime.SerializationError(
-                    f"variable {name!r} of type {type(value).__name__} cannot be shipped to "
-                    f"the cluster: the failing part is {inner}. Leave it out of the cell, "
-                    f"or build it inside the cell.")) from None
-        return values
-
-    def _analyze(self, cell: str, filename: str) -> Any:
-        try:
-            return analyze_cell(cell, filename)
-        except SyntaxError as exc:
-            # IPython shows any SyntaxError raised by a magic with the magic's own
-            # frames; a UsageError carrying the formatted error shows no frames.
-            lineno = (exc.lineno or 0) + 1  # the %%remote line is line 1
-            transformed = self.shell.transform_cell(cell)
-            if transformed.strip() != cell.strip():
-                try:
-                    ast.parse(transformed)
-                except SyntaxError:
-                    pass
-                else:
-                    raise UsageError(f"%%remote cells are plain Python; line {lineno} uses "
-                                     f"IPython syntax (%magic, !shell, ?help) that only runs "
-                                     f"in the kernel. Nothing was submitted.") from None
-            exc.lineno = lineno
-            if exc.end_lineno:
-                exc.end_lineno += 1
-            shown = "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
-            raise UsageError(f"syntax error in the %%remote cell; nothing was submitted.\n"
-                             f"{shown}") from None
+        return self.runner.options(args)
 
     def _remote(self, line: str, cell: str) -> Any:
-        args = _parse(self.remote, line)
-        opts = self._options(args)
-        number = self.shell.execution_count
-        filename = f"<remote cell {number}>"
-        analysis = self._analyze(cell, filename)
-        pushed = _csv(args.push)
-        values = self._ship(set(analysis.reads), pushed)
-        pull = tuple(_csv(args.pull)) if args.pull is not None else analysis.writes
-        backend = self._backend(auto=True)
-        router = self._ensure_router(backend)
-        fn = runtime.RemoteFunction(run_cell, {**opts, "name": f"%%remote[{number}]",
-                                               "max_retries": 0})
-        relay = StreamRelay(current_parent(self.shell), sys.stdout, sys.stderr)
-        payload = CellPayload(cell, filename, 1, values, pull)
-        sys.stdout.flush()
-        with router.lock:
-            try:
-                ref = fn.remote(payload)
-            except (runtime.InfeasibleRequestError, runtime.SerializationError) as exc:
-                raise clean_error(exc) from None
-            router.route(ref.id, relay)
-        handle = RemoteCell(ref, number, filename, self.shell.user_ns, router, relay,
-                            output_name=args.output if not args.bg else None,
-                            background=args.bg)
-        if args.bg:
-            self.cells = [c for c in self.cells if not c.done()] + [handle]
-            if args.output:
-                self.shell.user_ns[args.output] = handle
-            handle.watch()
-            if args.timeout:
-                timer = threading.Timer(args.timeout, handle.cancel)
-                timer.daemon = True
-                timer.start()
-            return handle
-        return self._block(handle, args.timeout)
+        return self.runner.run(_parse(self.remote, line, cell=True), cell)
 
-    def _block(self, handle: RemoteCell, timeout: float | None) -> Any:
-        try:
-            done = handle.wait(timeout, poll=_poll_for(handle.ref))
-        except KeyboardInterrupt:
-            handle.cancel()
-            if self.router is not None:
-                self.router.unroute(handle.task_id)
-            print(f"%%remote: interrupted; task {handle.task_id} cancelled", file=sys.stderr)
-            raise
-        if not done:
-            handle.cancel()
-            if self.router is not None:
-                self.router.unroute(handle.task_id)
-            raise clean_error(runtime.GetTimeoutError(
-                f"%%remote --timeout {timeout:g}: the cell ran longer than {timeout:g} s; "
-                f"task {handle.task_id} was cancelled"))
-        ok, value = handle._settle()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        if handle.skipped:
-            for name, why in handle.skipped.items():
-                print(f"%%remote: {name!r} was not brought back ({why})", file=sys.stderr)
-        if not ok:
-            raise value
-        return value
+
+if ClusterMagics.remote.__doc__:  # magic_arguments wrote the usage with one %
+    ClusterMagics.remote.__doc__ = _cellify(ClusterMagics.remote.__doc__)

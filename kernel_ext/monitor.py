@@ -58,6 +58,11 @@ def render_html(snap: dict[str, Any]) -> dict[str, str]:
     nodes = ("<table class='nbc-nodes'><thead><tr><th>node</th><th>type</th><th>state</th>"
              f"<th>usage</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
              if rows else "<i>no nodes</i>")
+    held = "".join(f"<tr><td>{e(h['node'])}</td><td>{e(h['resources'])}</td>"
+                   f"<td>{e(h['who'])}</td></tr>" for h in snap.get("held", ()))
+    if held:  # who holds what: running tasks, then actors
+        nodes += ("<table class='nbc-held'><thead><tr><th>node</th><th>held</th><th>by</th>"
+                  f"</tr></thead><tbody>{held}</tbody></table>")
     tasks = " ".join(
         f"<span class='nbc-task nbc-{k}' style='padding:1px 6px;margin-right:4px;color:white;"
         f"background:{_STATE_COLOURS.get(k, '#999')}'>{k} {v}</span>"

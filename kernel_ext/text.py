@@ -48,6 +48,13 @@ def snapshot(backend: Any, max_actions: int = 5) -> dict[str, Any]:
         now = float(backend.now())
     except Exception:  # noqa: BLE001 - a backend that shut down
         now = float(backend.log.now)
+    from kernel_ext.holders import book_for, clock_words, fmt_res, holders
+
+    held = []
+    for h in holders(backend, book_for(backend, create=False)):
+        since = "" if h.since is None else \
+            f" since {clock_words(backend, round(max(now - h.since, 0.0)))}"
+        held.append({"node": h.node, "resources": fmt_res(h.resources), "who": h.who + since})
     return {
         "backend": getattr(backend, "kind", "?"),
         "describe": backend.describe(),
@@ -56,6 +63,7 @@ def snapshot(backend: Any, max_actions: int = 5) -> dict[str, Any]:
         "nodes": nodes,
         "tasks": {s: counts.get(s, 0) for s in TASK_STATES},
         "actions": actions,
+        "held": held,
         "events": backend.log.events_seen,
     }
 
@@ -78,6 +86,8 @@ def render_text(snap: dict[str, Any]) -> str:
                          f"{_fmt(d['used'])}/{_fmt(d['total'])}" for d in n["devices"])
         lines.append(f"  {n['id']} ({n['type']}, {n['state']}){acc}  {devs}")
     lines.append("  tasks: " + ", ".join(f"{k} {v}" for k, v in snap["tasks"].items()))
+    for h in snap.get("held", ()):
+        lines.append(f"  held: {h['node']} {h['resources']} by {h['who']}")
     if snap["actions"]:
         lines.append("  autoscaler: " + "; ".join(
             f"t={a['time']:.1f} {a['text']}" for a in snap["actions"]))
@@ -87,8 +97,9 @@ def render_text(snap: dict[str, Any]) -> str:
 class TextMonitor:
     """Prints the snapshot whenever it changes, at most every ``interval`` seconds.
 
-    ``follow(seconds)`` blocks (interruptible) and is what ``%cluster monitor
-    --follow S`` uses in a terminal; ``render()`` is one snapshot.
+    ``follow(seconds)`` blocks (interruptible); ``follow_in_background`` does the
+    same from a thread (what ``%cluster monitor --follow S`` uses, so the prompt
+    stays free); ``render()`` is one snapshot.
     """
 
     def __init__(self, backend: Any, interval: float = 1.0, out: TextIO | None = None) -> None:
@@ -97,6 +108,8 @@ class TextMonitor:
         self.out = out
         self._changed = threading.Event()
         self._changed.set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def render(self) -> str:
         """One snapshot as text."""
@@ -105,8 +118,11 @@ class TextMonitor:
     def _on_event(self, _ev: Any) -> None:
         self._changed.set()
 
-    def follow(self, seconds: float) -> int:
-        """Print a snapshot on each change for ``seconds``; returns how many were printed."""
+    def follow(self, seconds: float, relay: Any = None) -> int:
+        """Print a snapshot on each change for ``seconds``; returns how many were printed.
+
+        With ``relay`` (a :class:`~kernel_ext.output.StreamRelay`) the text goes there.
+        """
         import sys
 
         out = self.out or sys.stdout
@@ -114,15 +130,43 @@ class TextMonitor:
         printed = 0
         deadline = time.monotonic() + seconds
         try:
-            while True:
+            while not self._stop.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 if self._changed.wait(min(left, self.interval)):
                     self._changed.clear()
-                    print(self.render(), file=out, flush=True)
+                    try:
+                        text = self.render()
+                    except Exception:  # noqa: BLE001 - the backend shut down
+                        break
+                    if relay is not None:
+                        relay.write("stdout", text + "\n")
+                        relay.flush()
+                    else:
+                        print(text, file=out, flush=True)
                     printed += 1
-                    time.sleep(min(self.interval, max(deadline - time.monotonic(), 0)))
+                    self._stop.wait(min(self.interval, max(deadline - time.monotonic(), 0)))
         finally:
             unsub()
         return printed
+
+    def follow_in_background(self, seconds: float, relay: Any = None) -> threading.Thread:
+        """Run :meth:`follow` in a daemon thread; :meth:`close` stops it."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.follow, args=(seconds, relay),
+                                        name="kernel_ext-monitor-follow", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    @property
+    def running(self) -> bool:
+        """Whether a background :meth:`follow` is printing."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def close(self) -> None:
+        """Stop a background :meth:`follow` (waits up to 2 s for its thread)."""
+        self._stop.set()
+        self._changed.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)

@@ -17,9 +17,10 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, overload
 
+from runtime import session
 from runtime.backends.base import ActorSpec, Backend, TaskSpec
-from runtime.errors import RuntimeShutdownError
 from runtime.events import Event
+from runtime.options import check_timeout as _check_timeout
 from runtime.options import option, resource_request, validate_options
 from runtime.refs import ActorHandle, ObjectRef
 
@@ -29,7 +30,6 @@ __all__ = [
     "subscribe", "RemoteFunction", "ActorClass", "ClusterHandle",
 ]
 
-_backend: Backend | None = None
 _lock = threading.RLock()
 
 #: Backend modules by name; each exposes ``make_backend(address, **options) -> Backend``.
@@ -40,31 +40,17 @@ BACKEND_MODULES = {
 }
 
 
-def _backend_or_none() -> Backend | None:
-    return _backend
-
-
-def _require_backend() -> Backend:
-    b = _backend
-    if b is None:
-        raise RuntimeShutdownError(
-            "the runtime is not initialized: call runtime.init() (or %cluster connect)"
-        )
-    return b
-
-
-def _set_backend(backend: Backend | None) -> None:
-    """Install ``backend`` as the current one (used inside worker processes)."""
-    global _backend
-    _backend = backend
+_backend_or_none = session.backend_or_none
+_require_backend = session.require_backend
+_set_backend = session.set_backend
 
 
 def _auto_init() -> Backend:
-    b = _backend
+    b = session.backend_or_none()
     if b is not None:
         return b
     with _lock:
-        if _backend is None:
+        if session.backend_or_none() is None:
             init()
         return _require_backend()
 
@@ -111,11 +97,11 @@ def init(
     go to the backend. Returns a handle that displays the cluster and works as a
     context manager that shuts down on exit.
     """
-    global _backend
     with _lock:
-        if _backend is not None:
+        current = session.backend_or_none()
+        if current is not None:
             if ignore_reinit_error:
-                return ClusterHandle(_backend)
+                return ClusterHandle(current)
             raise RuntimeError(
                 "runtime.init() was already called; call runtime.shutdown() first, "
                 "or pass ignore_reinit_error=True"
@@ -137,8 +123,9 @@ def init(
             if exc.name and exc.name.startswith("runtime"):
                 raise NotImplementedError(f"the {name!r} backend is not available yet") from exc
             raise
-        _backend = module.make_backend(address, **options)
-        return ClusterHandle(_backend)
+        b = module.make_backend(address, **options)
+        session.set_backend(b)
+        return ClusterHandle(b)
 
 
 def shutdown() -> None:
@@ -146,9 +133,9 @@ def shutdown() -> None:
 
     Calling it again (or without ``init``) does nothing.
     """
-    global _backend
     with _lock:
-        b, _backend = _backend, None
+        b = session.backend_or_none()
+        session.set_backend(None)
     if b is not None:
         b.shutdown()
 
@@ -158,7 +145,7 @@ atexit.register(shutdown)
 
 def is_initialized() -> bool:
     """Whether ``init`` was called (and ``shutdown`` not since)."""
-    return _backend is not None
+    return session.backend_or_none() is not None
 
 
 def current_backend() -> Backend:
@@ -285,16 +272,6 @@ def remote(*args: Any, **options: Any) -> Any:
 # ---------------------------------------------------------------------------
 
 
-def _check_timeout(timeout: Any) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout={timeout!r}: expected None or a number of seconds >= 0")
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout={timeout!r}: expected None or a number of seconds >= 0")
-    return float(timeout)
-
-
 def _check_refs(refs: Iterable[Any], fn: str) -> list[ObjectRef]:
     out = list(refs)
     for i, r in enumerate(out):
@@ -307,12 +284,29 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) 
     """The value of a ref, or a list of values for a list of refs (blocking).
 
     Raises the task's error (an instance of its own type and of ``TaskError``), or
-    ``GetTimeoutError`` (a ``TimeoutError``) after ``timeout`` seconds.
+    ``GetTimeoutError`` (a ``TimeoutError``) after ``timeout`` seconds. Futures over a
+    task (``%%remote --bg`` handles) give their own ``result()``.
     """
     t = _check_timeout(timeout)
     if isinstance(refs, ObjectRef):
         return refs.backend.get([refs], t)[0]
-    if not isinstance(refs, (list, tuple)):
+    many = isinstance(refs, (list, tuple))
+    futures = [r for r in (refs if many else [refs]) if hasattr(r, "_runtime_ref_")]
+    if futures:
+        # futures over a task (``%%remote --bg`` handles): each gives its own result,
+        # waiting on its task's ref; the deadline is on the backend's clock
+        items = list(refs) if many else [refs]
+        _check_refs([r._runtime_ref_() if hasattr(r, "_runtime_ref_") else r for r in items],
+                    "get")
+        backend = futures[0]._runtime_ref_().backend
+        end = None if t is None else backend.now() + t
+        values = []
+        for r in items:
+            left = None if end is None else max(end - backend.now(), 0.0)
+            values.append(r.result(timeout=left) if hasattr(r, "_runtime_ref_")
+                          else r.backend.get([r], left)[0])
+        return values if many else values[0]
+    if not many:
         raise TypeError(f"get() expects an ObjectRef or a list of ObjectRefs, got "
                         f"{type(refs).__name__}")
     items = _check_refs(refs, "get")
@@ -331,13 +325,16 @@ def wait(
     """Split refs into (ready, not ready) once ``num_returns`` are done or time runs out.
 
     Both lists keep the input order; ``ready`` has at most ``num_returns`` refs.
+    Futures over a task (``%%remote --bg`` handles) may be mixed in; they come back as given.
     """
     if isinstance(refs, ObjectRef):
         raise TypeError("wait() expects a list of ObjectRefs, got a single ObjectRef; "
                         "use wait([ref])")
     if not isinstance(refs, (list, tuple)):
         raise TypeError(f"wait() expects a list of ObjectRefs, got {type(refs).__name__}")
-    items = _check_refs(refs, "wait")
+    given = list(refs)  # futures over a task (%%remote --bg handles) wait on their refs
+    items = _check_refs([r._runtime_ref_() if hasattr(r, "_runtime_ref_") else r
+                         for r in given], "wait")
     if len(set(items)) != len(items):
         raise ValueError("wait() got the same ObjectRef more than once")
     t = _check_timeout(timeout)
@@ -349,8 +346,8 @@ def wait(
         raise ValueError(f"num_returns={num_returns}: expected 1 <= num_returns <= "
                          f"{len(items)} (the number of refs)")
     ready_idx = set(items[0].backend.wait(items, num_returns, t)[:num_returns])
-    ready = [r for i, r in enumerate(items) if i in ready_idx]
-    rest = [r for i, r in enumerate(items) if i not in ready_idx]
+    ready = [r for i, r in enumerate(given) if i in ready_idx]
+    rest = [r for i, r in enumerate(given) if i not in ready_idx]
     return ready, rest
 
 
@@ -417,7 +414,7 @@ class ClusterHandle:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if _backend is self.backend:
+        if session.backend_or_none() is self.backend:
             shutdown()
         else:
             self.backend.shutdown()

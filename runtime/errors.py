@@ -23,7 +23,10 @@ __all__ = [
     "PolicyError",
     "SerializationError",
     "SimDeadlock",
+    "ObjectSpilledWarning",
+    "SecurityWarning",
     "make_task_error",
+    "portable_exception",
 ]
 
 
@@ -71,8 +74,8 @@ class TaskError(NBClusterError):
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _rebuild_task_error,
-            (self.cause, self.remote_traceback, self.task_name, self.task_id, self.node,
-             self.cause_type),
+            (portable_exception(self.cause), self.remote_traceback, self.task_name,
+             self.task_id, self.node, self.cause_type),
         )
 
 
@@ -173,15 +176,31 @@ class WorkerCrashedError(NBClusterError):
 
 
 class ActorDiedError(NBClusterError):
-    """The actor's process died and may not be restarted (or it was killed)."""
+    """The actor's process died and may not be restarted (or it was killed).
 
-    def __init__(self, actor: str = "?", reason: str = "") -> None:
+    With ``restarting=True`` the actor lives on (it is being restarted): only the
+    call that was running when its process died failed, and the message says so.
+    """
+
+    def __init__(self, actor: str = "?", reason: str = "", *, restarting: bool = False) -> None:
         self.actor = actor
         self.reason = reason
-        super().__init__(f"actor {actor} is dead" + (f": {reason}" if reason else ""))
+        self.restarting = restarting
+        if restarting:
+            msg = (f"actor {actor} lost its process while running this call and is being "
+                   f"restarted; this call did not complete (raise max_task_retries to re-run "
+                   f"it); later calls run on the new instance")
+            msg += f" ({reason})" if reason else ""
+        else:
+            msg = f"actor {actor} is dead" + (f": {reason}" if reason else "")
+        super().__init__(msg)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.actor, self.reason))
+        return (_rebuild_actor_died, (type(self), self.actor, self.reason, self.restarting))
+
+
+def _rebuild_actor_died(cls, actor, reason, restarting):  # noqa: ANN001, ANN202
+    return cls(actor, reason, restarting=restarting)
 
 
 class ObjectLostError(NBClusterError):
@@ -206,3 +225,78 @@ class SerializationError(NBClusterError, TypeError):
 
 class SimDeadlock(NBClusterError):
     """The simulation has no events left while the driver still waits."""
+
+
+class ObjectSpilledWarning(RuntimeWarning):
+    """Shared memory was too small for an object: it was written to disk instead."""
+
+
+class SecurityWarning(UserWarning):
+    """A connection that lets others run code on the cluster (plain TCP off this host)."""
+
+
+def _pickles(value: Any) -> bool:
+    import cloudpickle
+
+    try:
+        cloudpickle.dumps(value, protocol=5)
+    except Exception:  # noqa: BLE001 - any pickling failure
+        return False
+    return True
+
+
+def _round_trips(exc: BaseException) -> bool:
+    import pickle
+
+    import cloudpickle
+
+    try:
+        back = pickle.loads(cloudpickle.dumps(exc, protocol=5))
+    except Exception:  # noqa: BLE001 - any failure either way
+        return False
+    return type(back) is type(exc)
+
+
+class _Rebuilt:
+    """Pickles as "make an instance of this exception class without calling __init__"."""
+
+    __slots__ = ("cls", "args", "state")
+
+    def __init__(self, cls: type, args: tuple[Any, ...], state: dict[str, Any]) -> None:
+        self.cls = cls
+        self.args = args
+        self.state = state
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_exception, (self.cls, self.args, self.state))
+
+
+def _rebuild_exception(cls: type, args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    try:
+        exc = cls.__new__(cls, *args)
+    except Exception:  # noqa: BLE001 - a __new__ that wants other arguments
+        exc = cls.__new__(cls)
+    exc.args = args
+    for k, v in state.items():
+        try:
+            setattr(exc, k, v)
+        except Exception:  # noqa: BLE001 - read-only attributes
+            pass
+    return exc
+
+
+def portable_exception(exc: BaseException | None) -> Any:
+    """``exc`` itself when it survives a pickle round trip, else a stand-in that unpickles
+    as an instance of the same class with the same ``args`` and attributes.
+
+    Exceptions whose constructor needs other arguments than ``args`` (``def
+    __init__(self, a, b)``) cannot be unpickled the default way; this keeps their
+    type and message across processes instead of losing them."""
+    if exc is None or _round_trips(exc):
+        return exc
+    args = tuple(a for a in getattr(exc, "args", ()) if _pickles(a))
+    state = {k: v for k, v in getattr(exc, "__dict__", {}).items() if _pickles(v)}
+    stand_in = _Rebuilt(type(exc), args, state)
+    if _pickles(stand_in):
+        return stand_in
+    return _Rebuilt(type(exc), tuple(str(a) for a in getattr(exc, "args", ())), {})

@@ -35,7 +35,10 @@ class EventKind:
     TASK_CANCELLED: Final = "task_cancelled"
     TASK_BLOCKED: Final = "task_blocked"  # a task waits in get/wait and lends its CPU
     TASK_UNBLOCKED: Final = "task_unblocked"
-    TASK_PREEMPTED: Final = "task_preempted"
+    TASK_PREEMPTED: Final = "task_preempted"  # decision: stop it (data: reason)
+    TASK_READY: Final = "task_ready"  # its inputs are ready: it joins the pending queue
+    TASK_PLACED: Final = "task_placed"  # decision: it holds resources on ``node`` now
+    TASK_RELEASED: Final = "task_released"  # gave back what it held (an actor that died)
     ACTOR_CREATED: Final = "actor_created"
     ACTOR_RESTARTED: Final = "actor_restarted"
     ACTOR_DIED: Final = "actor_died"
@@ -44,9 +47,12 @@ class EventKind:
     NODE_REMOVED: Final = "node_removed"  # data: reason
     SCALE_DECISION: Final = "scale_decision"  # data: add, remove, infeasible, reason
     WORKER_DIED: Final = "worker_died"  # data: pid, reason
+    DECISION_ROUND: Final = "decision_round"  # the control plane asked a policy (data: what)
+    POLICY_ERROR: Final = "policy_error"  # a policy or autoscaler raised or decided wrongly
 
 
-#: Task states as shown in tables (the order is the order of a task's life).
+#: Task states as shown in tables (the order is the order of a task's life); every
+#: backend's task records use these words.
 TASK_STATES = ("pending", "running", "blocked", "finished", "failed", "cancelled")
 
 
@@ -121,6 +127,13 @@ class EventBus:
             self.publish(Event(time, kind, task, node, data))
 
 
+#: Events that may be the first a log hears of a task (others about unknown tasks are
+#: decisions on tasks it pruned, or never saw).
+_OPENING = frozenset({EventKind.TASK_SUBMITTED, EventKind.TASK_STARTED, EventKind.TASK_FAILED,
+                      EventKind.TASK_FINISHED, EventKind.TASK_CANCELLED,
+                      EventKind.TASK_RETRIED, EventKind.TASK_BLOCKED})
+
+
 @dataclass(slots=True)
 class TaskRecord:
     """What the cluster log knows about one task (or actor method call)."""
@@ -177,9 +190,11 @@ class ClusterLog:
             self.events_seen += 1
             self.now = max(self.now, ev.time)
             k = ev.kind
-            if ev.task is not None and k.startswith("task_"):
+            if ev.task is not None and ev.task >= 0 and k.startswith("task_"):
                 rec = self.tasks.get(ev.task)
                 if rec is None:
+                    if k not in _OPENING:  # a decision about a task pruned or never seen
+                        return
                     rec = self.tasks[ev.task] = TaskRecord(ev.task, str(ev.data.get("name", "?")))
                 if k == EventKind.TASK_SUBMITTED:
                     rec.submitted = ev.time

@@ -170,3 +170,14 @@ def resource_request(opts: Mapping[str, Any], *, default_cpus: float = 1.0) -> R
     if opts.get("memory"):
         req["memory"] = opts["memory"]
     return Resources._trusted(req)
+
+
+def check_timeout(timeout: Any) -> float | None:
+    """``timeout`` as seconds (None: no limit); a clear error for anything else."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout={timeout!r}: expected None or a number of seconds >= 0")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout={timeout!r}: expected None or a number of seconds >= 0")
+    return float(timeout)

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+from runtime import session
 from runtime.errors import RuntimeShutdownError
+from runtime.options import check_timeout
 
 if TYPE_CHECKING:
     import asyncio
@@ -26,9 +28,7 @@ _pickle_hook: Callable[[int], None] | None = None
 
 
 def _current_backend() -> Backend:
-    from runtime import api
-
-    return api._require_backend()
+    return session.require_backend()
 
 
 class ObjectRef:
@@ -84,9 +84,7 @@ class ObjectRef:
     # Future vocabulary --------------------------------------------------------
     def result(self, timeout: float | None = None) -> Any:
         """The value (blocking up to ``timeout`` s); raises the task's error."""
-        from runtime import api
-
-        return api.get(self, timeout=timeout)
+        return self.backend.get([self], check_timeout(timeout))[0]
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The task's error, or None when it succeeded (blocks like ``result``)."""
@@ -151,9 +149,7 @@ class ObjectRef:
 
 
 def _rebuild_ref(id: int, name: str) -> ObjectRef:
-    from runtime import api
-
-    return ObjectRef(id, api._backend_or_none(), name)
+    return ObjectRef(id, session.backend_or_none(), name)
 
 
 class ActorMethod:
@@ -227,6 +223,4 @@ class ActorHandle:
 
 
 def _rebuild_handle(actor_id: int, class_name: str, methods: tuple[str, ...]) -> ActorHandle:
-    from runtime import api
-
-    return ActorHandle(actor_id, class_name, methods, api._backend_or_none())
+    return ActorHandle(actor_id, class_name, methods, session.backend_or_none())

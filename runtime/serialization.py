@@ -15,9 +15,10 @@ from typing import Any
 
 import cloudpickle
 
-from runtime.errors import SerializationError
+from runtime.errors import SerializationError, portable_exception
 
-__all__ = ["dumps", "loads", "describe_unpicklable", "check_picklable", "check_call_args"]
+__all__ = ["dumps", "loads", "describe_unpicklable", "check_picklable", "check_call_args",
+           "portable_exception"]
 
 
 def dumps(value: Any, buffer_callback: Any = None) -> bytes:
@@ -85,3 +86,4 @@ def check_call_args(fn_name: str, args: tuple[Any, ...], kwargs: Mapping[str, An
         check_picklable(a, f"argument {i} of {fn_name}()")
     for k, v in kwargs.items():
         check_picklable(v, f"argument {k!r} of {fn_name}()")
+

@@ -16,7 +16,6 @@ from simulator.cluster import CLUSTERS, ClusterConfig, bench_cluster, demo_clust
 from simulator.devices import DEVICES, DeviceType, Window
 from simulator.engine import Core, Simulation
 from simulator.nodes import NodeSpec
-from simulator.state import SimClusterState
 from simulator.trace import Trace
 from simulator.workloads import (
     WORKLOADS,
@@ -41,7 +40,7 @@ from simulator.workloads import (
 __all__ = [
     "CLUSTERS", "ClusterConfig", "Const", "Core", "DEVICES", "Dag", "DagJobs", "DeviceType",
     "Exp", "JobMix", "LogNormal", "Merged", "NodeSpec", "QPUJobs", "Services", "Shape",
-    "SimClusterState", "SimTask", "Simulation", "Trace", "TraceFormat", "TraceReplay",
+    "SimTask", "Simulation", "Trace", "TraceFormat", "TraceReplay",
     "Uniform", "WORKLOADS", "Window", "Workload", "bench_cluster", "demo_cluster",
     "get_workload", "simulate",
 ]

@@ -79,6 +79,79 @@ def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
+#: ``replay --format`` choices.
+TRACE_FORMATS = ("native", "philly", "alibaba", "philly-csv", "alibaba-csv")
+
+
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--cluster", default=None, help="a preset (see `list`; default demo)")
+    g.add_argument("--cluster-file", type=Path, default=None,
+                   help="a cluster from a JSON or TOML file (docs/simulator.md)")
+    g.add_argument("--machine-spec", type=Path, default=None,
+                   help="Alibaba's pai_machine_spec table as the cluster (see --machine-scale)")
+    p.add_argument("--machine-scale", type=float, default=1.0,
+                   help="with --machine-spec: multiply the machine counts (at least 1 each)")
+
+
+def _cluster(args: argparse.Namespace, ap: argparse.ArgumentParser) -> Any:
+    """The cluster the arguments name: a preset, a cluster file or a PAI machine table."""
+    if args.cluster_file is not None:
+        from simulator.cluster_file import load_cluster
+
+        return load_cluster(args.cluster_file)
+    if args.machine_spec is not None:
+        from simulator.workloads.alibaba import machine_spec_cluster
+
+        return machine_spec_cluster(args.machine_spec, scale=args.machine_scale)
+    from simulator.cluster import CLUSTERS
+
+    name = args.cluster or "demo"
+    if name not in CLUSTERS:
+        ap.error(f"--cluster {name!r}: choose one of {', '.join(sorted(CLUSTERS))}, or give "
+                 f"--cluster-file")
+    return CLUSTERS[name]()
+
+
+def _trace(args: argparse.Namespace, cluster: Any) -> Any:
+    """The replay workload of ``replay``'s arguments; prints what cleaning kept and dropped."""
+    from simulator.cluster_file import cluster_devices
+    from simulator.workloads import traces
+
+    only = {"--statuses": (args.statuses, ("philly", "alibaba")),
+            "--gpu-type": (args.gpu_type, ("philly",)),
+            "--job-table": (args.job_table, ("alibaba",)),
+            "--group-tag-table": (args.group_tag_table, ("alibaba",))}
+    for opt, (value, formats) in only.items():
+        if value is not None and args.format not in formats:
+            raise ValueError(f"{opt} applies to --format {' or '.join(formats)}, not "
+                             f"{args.format!r}")
+    if args.format in ("native", "philly-csv", "alibaba-csv"):
+        fmt = {"native": traces.NATIVE, "philly-csv": traces.PHILLY,
+               "alibaba-csv": traces.ALIBABA_PAI}[args.format]
+        wl: Any = traces.TraceReplay(args.path, fmt, time_scale=args.time_scale,
+                                     limit=args.limit)
+        return wl
+    common = dict(gangs=args.gangs, statuses=args.statuses, time_scale=args.time_scale,
+                  limit=args.limit, devices=cluster_devices(cluster))
+    if args.format == "philly":
+        from simulator.workloads.philly import PhillyTrace
+
+        wl = PhillyTrace(args.path, tenant=args.tenant, gpu_type=args.gpu_type, **common)
+    else:
+        from simulator.workloads.alibaba import AlibabaPAI
+
+        wl = AlibabaPAI(args.path, job_table=args.job_table,
+                        group_tag_table=args.group_tag_table, gpu=args.gpu, **common)
+    stats = wl.stats
+    print(f"trace {wl.name}:\n{stats.summary()}")
+    gangs = stats.get("gang jobs", 0) or stats.get("gang tasks (inst_num > 1)", 0)
+    if gangs and args.gangs == "split":
+        print(f"note: {gangs} gang job(s) split into one task per member (an approximation: "
+              f"members start independently; --gangs keep needs gang placement)")
+    return wl
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m simulator``."""
     ap = argparse.ArgumentParser(prog="python -m simulator",
@@ -91,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--autoscaler", default="demand")
 
     r = sub.add_parser("run", help="one simulation: metrics, optional trace and plots")
-    r.add_argument("--cluster", default="demo")
+    _cluster_args(r)
     r.add_argument("--workload", default="hetero_demo")
     r.add_argument("--scale", type=int, default=1)
     r.add_argument("--policy", default="best_fit")
@@ -118,14 +191,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--n", type=int, default=200)
     s.add_argument("--seed", type=int, default=0)
 
-    rp = sub.add_parser("replay", help="replay a CSV trace")
-    rp.add_argument("path", type=Path)
-    rp.add_argument("--format", default="native", choices=["native", "philly", "alibaba_pai"])
-    rp.add_argument("--cluster", default="demo")
+    rp = sub.add_parser("replay", help="replay a trace: our CSV, Philly's job log or Alibaba "
+                        "PAI's task table, as published (plain, .gz or .tar.gz)")
+    rp.add_argument("path", type=Path, help="native/*-csv: a CSV; philly: cluster_job_log or "
+                    "trace-data.tar.gz; alibaba: pai_task_table(.csv|.tar.gz)")
+    rp.add_argument("--format", default="native", choices=list(TRACE_FORMATS),
+                    help="philly, alibaba: the published formats; philly-csv, alibaba-csv: "
+                    "flattened CSV exports (column mappings)")
+    _cluster_args(rp)
     rp.add_argument("--policy", default="best_fit")
     rp.add_argument("--autoscaler", default="none")
     rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--until", type=float, default=None)
     rp.add_argument("--time-scale", type=float, default=1.0)
+    rp.add_argument("--gangs", default="split", choices=["split", "keep"],
+                    help="multi-node jobs: split = one task per member (default; an "
+                    "approximation until the engine places gangs), keep = gang tasks")
+    rp.add_argument("--statuses", type=_csv, default=None,
+                    help="keep only jobs that ended so (philly: Pass,Killed,Failed; alibaba: "
+                    "Terminated,Failed,Running,Waiting); default all")
+    rp.add_argument("--limit", type=int, default=None, help="the first N jobs/tasks only")
+    rp.add_argument("--job-table", type=Path, default=None,
+                    help="alibaba: pai_job_table (users, job status, submit times)")
+    rp.add_argument("--group-tag-table", type=Path, default=None,
+                    help="alibaba: pai_group_tag_table (requested GPU model, for --gpu spec)")
+    rp.add_argument("--gpu", default="assigned", choices=["assigned", "spec", "none"],
+                    help="alibaba: pin tasks to the GPU model they ran on, asked for, or none")
+    rp.add_argument("--gpu-type", default=None,
+                    help="philly: pin every job to this device model (run times as measured "
+                    "on it)")
+    rp.add_argument("--tenant", default="vc", choices=["vc", "user"],
+                    help="philly: tenant = virtual cluster or user")
 
     sub.add_parser("list", help="list policies, autoscalers, workloads and clusters")
     args = ap.parse_args(argv)
@@ -149,24 +245,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(write_synthetic_trace(args.path, args.n, args.seed))
         return 0
     if args.cmd in ("run", "replay"):
-        from simulator.cluster import CLUSTERS
         from simulator.engine import Simulation
 
-        if args.cluster not in CLUSTERS:
-            ap.error(f"--cluster {args.cluster!r}: choose one of {', '.join(sorted(CLUSTERS))}")
-        if args.cmd == "run":
-            from simulator.workloads import get_workload
+        try:
+            cluster = _cluster(args, ap)
+            if args.cmd == "run":
+                from simulator.workloads import get_workload
 
-            wl = get_workload(args.workload, args.scale)
-        else:
-            from simulator.workloads import traces
-
-            fmt = {"native": traces.NATIVE, "philly": traces.PHILLY,
-                   "alibaba_pai": traces.ALIBABA_PAI}[args.format]
-            wl = traces.TraceReplay(args.path, fmt, time_scale=args.time_scale)
-        sim = Simulation(CLUSTERS[args.cluster](), wl, policy=args.policy,
-                         autoscaler=args.autoscaler, seed=args.seed)
-        sim.run(getattr(args, "until", None))
+                wl = get_workload(args.workload, args.scale)
+            else:
+                wl = _trace(args, cluster)
+            sim = Simulation(cluster, wl, policy=args.policy, autoscaler=args.autoscaler,
+                             seed=args.seed)
+            sim.run(args.until)
+        except (ValueError, OSError, NotImplementedError) as e:
+            print(f"python -m simulator {args.cmd}: error: {e}", file=sys.stderr)
+            return 2
         m = sim.metrics(check=True)
         for k, v in m.items():
             print(f"{k:>14}: {v:.6g}" if isinstance(v, float) else f"{k:>14}: {v}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from runtime.autoscaling.base import NodeType
+from runtime.cluster import NodeType
 from simulator.devices import DEVICES
 from simulator.nodes import NodeSpec
 
@@ -51,7 +51,7 @@ class ClusterConfig:
 
     def node_types(self) -> dict[str, NodeType]:
         """The runtime's node types (what an autoscaler sees)."""
-        return {s.name: s.node_type() for s in self.node_specs}
+        return {s.name: s for s in self.node_specs}
 
     def initial_nodes(self) -> Iterator[NodeSpec]:
         """One spec per node present at time 0 (``count`` of each type)."""

@@ -11,6 +11,7 @@ from heapq import heappop, heappush
 from typing import Any
 
 import simpy
+from simpy.core import BoundClass
 
 __all__ = ["Core"]
 
@@ -41,6 +42,12 @@ class Core(simpy.Environment):
     def __init__(self, initial_time: float = 0.0) -> None:
         super().__init__(initial_time)
         self.bg = 0
+        # simpy binds ``timeout``, ``event``, ``process``... to the instance only for
+        # attributes of its own class; do it for ours too (else each use builds a method)
+        BoundClass.bind_early(self)
+        for name, obj in vars(simpy.Environment).items():
+            if type(obj) is BoundClass and name not in self.__dict__:
+                setattr(self, name, getattr(self, name))
 
     def call_in(self, delay: float, fn: Any, *args: Any, priority: int = 1,
                 background: bool = False) -> None:

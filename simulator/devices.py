@@ -1,110 +1,15 @@
-"""Device types: one accelerator or CPU pool model, with its speed per task kind.
+"""Ready-made device models (the catalog); the types live in :mod:`runtime.cluster.devices`.
 
-A :class:`DeviceType` is plain data (no global state), so the simulator, the sim
-backend and notebooks can build clusters from it freely. ``speed`` is the
-throughput matrix row of the model (Gavel-style): a task kind may run 3x faster
-on an H100 than on a V100 (``speed={"train": 3.0}``) and not at all on a TPU
-(``speed={"train": 0.0}``). ``unavailable`` windows (a QPU's calibration,
-maintenance) stop new work from starting on the device's nodes.
+``DEVICES["A100"]`` and friends are :class:`~runtime.cluster.devices.DeviceType`
+values with speeds in the spirit of Gavel's throughput matrix; the same types
+describe the nodes of every backend.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from runtime.cluster.devices import DeviceType, Window, check_number
 
 __all__ = ["Window", "DeviceType", "DEVICES", "check_number"]
-
-
-def check_number(where: str, name: str, value: object, *, minimum: float = 0.0,
-                 allow_inf: bool = False, strict: bool = False) -> float:
-    """Validate a finite number >= ``minimum`` (> when ``strict``); raise naming the field."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{where}: {name} must be a number, got {value!r} ({type(value).__name__})")
-    v = float(value)
-    bad = math.isnan(v) or (math.isinf(v) and not allow_inf) or v < minimum or (strict and v <= minimum)
-    if bad:
-        op = ">" if strict else ">="
-        raise ValueError(f"{where}: {name} must be a finite number {op} {minimum:g}, got {value!r}")
-    return v
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """Unavailability: from ``start`` for ``duration`` seconds, repeated every ``period`` (0: once)."""
-
-    start: float
-    duration: float
-    period: float = 0.0
-    reason: str = "maintenance"
-
-    def __post_init__(self) -> None:
-        check_number("Window", "start", self.start)
-        check_number("Window", "duration", self.duration, strict=True)
-        check_number("Window", "period", self.period)
-        if self.period and self.period <= self.duration:
-            raise ValueError(f"Window: period must exceed duration ({self.duration!r}), "
-                             f"got {self.period!r}")
-
-    def intervals(self, until: float) -> list[tuple[float, float]]:
-        """The ``(start, end)`` intervals that begin before ``until``."""
-        out: list[tuple[float, float]] = []
-        t = self.start
-        while t < until:
-            out.append((t, t + self.duration))
-            if not self.period:
-                break
-            t += self.period
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceType:
-    """One device model: kind (CPU/GPU/TPU/QPU/custom), model name, speeds, memory, cost.
-
-    ``speed[task_kind]`` is the relative throughput (1.0 = reference; 0 = cannot
-    run); kinds not listed run at ``default_speed``. ``mtbf`` (seconds, None =
-    never) is the device's mean time between failures; a node fails when any of its
-    devices does. ``shot_time`` is a QPU's seconds per shot.
-    """
-
-    kind: str
-    model: str
-    speed: Mapping[str, float] = field(default_factory=dict)
-    default_speed: float = 1.0
-    memory: float = 0.0
-    cost_per_hour: float = 0.0
-    unavailable: Sequence[Window] = ()
-    mtbf: float | None = None
-    shot_time: float = 0.0
-
-    def __post_init__(self) -> None:
-        where = f"DeviceType {self.model!r}"
-        for fname, v in (("kind", self.kind), ("model", self.model)):
-            if not isinstance(v, str) or not v:
-                raise ValueError(f"DeviceType: {fname} must be a non-empty string, got {v!r}")
-        if not isinstance(self.speed, Mapping):
-            raise TypeError(f"{where}: speed must be a mapping of task kind to speed, "
-                            f"got {self.speed!r}")
-        for k, v in self.speed.items():
-            check_number(where, f"speed[{k!r}]", v)
-        object.__setattr__(self, "speed", dict(self.speed))
-        check_number(where, "default_speed", self.default_speed)
-        check_number(where, "memory", self.memory)
-        check_number(where, "cost_per_hour", self.cost_per_hour)
-        check_number(where, "shot_time", self.shot_time)
-        if self.mtbf is not None:
-            check_number(where, "mtbf", self.mtbf, strict=True)
-        windows = tuple(self.unavailable)
-        for w in windows:
-            if not isinstance(w, Window):
-                raise TypeError(f"{where}: unavailable must hold Window objects, got {w!r}")
-        object.__setattr__(self, "unavailable", windows)
-
-    def speed_for(self, task_kind: str) -> float:
-        """Relative speed of ``task_kind`` on this model (``default_speed`` when unlisted)."""
-        return self.speed.get(task_kind, self.default_speed)
 
 
 #: A few ready-made models (speeds are illustrative, in the spirit of Gavel's matrix).
@@ -122,3 +27,30 @@ DEVICES: dict[str, DeviceType] = {
                         cost_per_hour=96.0, shot_time=1e-3,
                         unavailable=(Window(3000.0, 600.0, period=7200.0, reason="calibration"),)),
 }
+
+
+def _gpu(model: str, speed: float, memory: float, cost: float) -> DeviceType:
+    return DeviceType("GPU", model, speed={"train": speed, "infer": speed, "prep": 1.0},
+                      memory=memory, cost_per_hour=cost)
+
+
+# GPU models the public traces name: Alibaba PAI v2020 uses T4, P100, V100, V100M32 and MISC
+# (older K40m/K80/M60 GPUs); Philly's job log names none (its machine list gives 12 or 24 GB
+# per GPU: K80/M40/P40-class cards). Speeds are relative to V100 = 1.0 for train and infer.
+# K80 and P100 are the medians of Gavel's measured single-GPU throughputs over 26 model
+# configurations (stanford-futuredata/gavel, scheduler/simulation_throughputs.json: K80
+# 0.25x, P100 0.8x V100); models Gavel did not measure use NVIDIA's datasheet FP32 peak over
+# V100 SXM2's 15.7 TFLOPS (T4 8.1, P40 12, M40 7, M60 4.8 per GPU); V100M32 is the V100
+# chip with 32 GB; MISC is priced and timed as a K80. Costs are approximate on-demand list
+# prices per GPU-hour (GCP: K80 0.45, P100 1.46, T4 0.35, like V100's 2.48; AWS p3dn / 8 for
+# V100M32; AWS g3 for M60; Azure ND6s for P40; M40 like K80): check current prices.
+DEVICES.update({
+    "K80": _gpu("K80", 0.25, 12e9, 0.45),
+    "P100": _gpu("P100", 0.8, 16e9, 1.46),
+    "T4": _gpu("T4", 0.5, 16e9, 0.35),
+    "V100M32": _gpu("V100M32", 1.0, 32e9, 3.90),
+    "P40": _gpu("P40", 0.75, 24e9, 2.07),
+    "M40": _gpu("M40", 0.45, 24e9, 0.45),
+    "M60": _gpu("M60", 0.3, 8e9, 0.75),
+    "MISC": _gpu("MISC", 0.25, 12e9, 0.45),
+})

@@ -1,18 +1,18 @@
-"""The simulation engine: a small simpy core with tasks as plain scheduled callbacks.
+"""The simulation engine: a small simpy core that *does* what the control plane decides.
 
 :class:`Core` (:mod:`simulator.core`) is simpy's ``Environment`` plus bare
 callbacks on the same heap (no process, no event object); task arrivals, starts
 and finishes use them, so a task costs a few heap operations, not a simpy process.
-Plug-ins (failures, spot preemption, availability windows, the autoscaler; see
-:mod:`simulator.failures` and :mod:`simulator.autoscale`) sit on top and may use
-ordinary simpy processes.
+Plug-ins (failures, spot preemption, availability windows; see
+:mod:`simulator.failures`) sit on top and may use ordinary simpy processes.
 
-:class:`Simulation` owns the cluster state, the pending queues (grouped by request
-shape, in submission order; see :mod:`simulator.pending`), the trace and the raw
-metrics. Each instant at which something changed ends with one *scheduling round*:
-the policy gets the pending tasks that could possibly start (see ``window``) and its
-decisions are validated
-(:func:`runtime.policies.base.check_placement`) before they are applied.
+:class:`Simulation` owns the trace and the raw metrics and is the
+:class:`~runtime.control.Actuator` of one :class:`~runtime.control.ControlPlane`,
+the same plane every backend uses: the plane keeps the index and the pending
+queue, runs one decision round at the end of each instant in which something
+changed (and asks the autoscaler every ``autoscale_interval``), validates every
+decision and calls back here to start, preempt or fail tasks and to add or
+remove nodes.
 """
 
 from __future__ import annotations
@@ -22,28 +22,20 @@ import math
 from array import array
 from collections.abc import Iterable, Iterator
 from heapq import heappush
-from itertools import islice
-from operator import attrgetter
 from typing import Any
 
-from runtime.autoscaling import get_autoscaler
-from runtime.errors import InfeasibleRequestError, PolicyError, WorkerCrashedError
+from runtime.cluster import NodeType, TaskInfo, policy_name
+from runtime.control import ControlPlane, IndexNode
+from runtime.control.index import RUN_VEC
+from runtime.errors import InfeasibleRequestError, WorkerCrashedError
 from runtime.events import EventBus
-from runtime.policies import get_policy
-from runtime.policies.base import Place, Preempt, TaskInfo, check_placement, infeasible_message
+from runtime.events import EventKind as E
 from simulator.cluster import ClusterConfig
 from simulator.core import Core
-from simulator.pending import PendingGroup as _Pending
-from simulator.pending import fifo_insert as _fifo_insert
-from simulator.pending import greedy_by_shape as _by_shape
-from simulator.pending import preempts as _preempts
-from simulator.state import SimClusterState, SimNode, _fits
 from simulator.trace import K, Trace
 from simulator.workloads.base import SimTask, Workload
 
 __all__ = ["Core", "Simulation"]
-
-_by_id = attrgetter("id")
 
 
 class _Run:
@@ -51,7 +43,8 @@ class _Run:
 
     __slots__ = ("node", "vec", "attempt", "start", "speed", "acct")
 
-    def __init__(self, node: SimNode, vec: Any, attempt: int, start: float, speed: float) -> None:
+    def __init__(self, node: IndexNode, vec: Any, attempt: int, start: float,
+                 speed: float) -> None:
         self.node, self.vec, self.attempt, self.start, self.speed = node, vec, attempt, start, speed
         self.acct = start  # busy time is accounted from here (moves when books close mid-run)
 
@@ -88,25 +81,27 @@ class Simulation:
         if not (0 < autoscale_interval < math.inf):
             raise ValueError(f"Simulation: autoscale_interval must be a finite number > 0, "
                              f"got {autoscale_interval!r}")
-        self.cluster = cluster
-        self.seed = seed
-        self.policy = get_policy(policy)
-        self.autoscaler = get_autoscaler(autoscaler)
-        self.policy_name = policy if isinstance(policy, str) else str(
-            getattr(self.policy, "name", type(self.policy).__name__))
-        self.autoscaler_name = autoscaler if isinstance(autoscaler, str) else str(
-            getattr(self.autoscaler, "name", type(self.autoscaler).__name__))
-        self.window = window
         if not isinstance(pause_gc, bool):
             raise TypeError(f"Simulation: pause_gc must be True or False, got {pause_gc!r}")
+        self.cluster = cluster
+        self.seed = seed
+        self.env = Core()
+        self.plane = ControlPlane(
+            policy if policy is not None else "fifo", autoscaler, actuator=self,
+            node_types=cluster.node_specs, clock=self._clock, window=window,
+            emit=self._plane_event, wake=self._kick)
+        self.plane.emits = frozenset({E.SCALE_DECISION, E.NODE_STATE})
+        #: the cluster the policies see: the control plane's index
+        self.state = self.plane.index
+        self.policy = self.plane.policy
+        self.autoscaler = self.plane.autoscaler
+        self.policy_name = policy if isinstance(policy, str) else policy_name(self.policy)
+        self.autoscaler_name = autoscaler if isinstance(autoscaler, str) else policy_name(
+            self.autoscaler) if self.autoscaler is not None else "none"
+        self.window = window
         self.pause_gc = pause_gc
         self.stall_limit = float(stall_limit)
         self._progress_at = 0.0
-        self._exact = window is None or _preempts(self.policy)
-        # a policy that is greedy by shape (see _by_shape) lets tenants share one queue per shape
-        self._by_shape = not self._exact and _by_shape(self.policy)
-        self.env = Core()
-        self.state = SimClusterState(list(cluster.node_specs))
         self.trace = Trace()
         self.events = events if events is not None else EventBus()
         if isinstance(workload, Iterable) and not callable(getattr(workload, "tasks", None)):
@@ -118,7 +113,6 @@ class Simulation:
         else:
             raise TypeError(f"Simulation: workload must be a workload (with tasks(seed)) or an "
                             f"iterable of SimTask, got {workload!r}")
-        # tasks
         self._tasks: dict[int, SimTask] = {}
         self._infos: dict[int, TaskInfo] = {}
         self._seen = 0
@@ -131,17 +125,13 @@ class Simulation:
         self._done_status: dict[int, int] = {}  # finished tasks whose dependants may still come
         self._prune_at = 200_000
         self.errors: dict[int, BaseException] = {}
-        self._groups: dict[tuple[Any, ...], _Pending] = {}
-        self._group_of: dict[int, _Pending] = {}  # pending task id -> its group
-        self._ready: dict[_Pending, _Pending] = {}  # keyed by the group itself (fast hash)
-        self._blocked_by_type: dict[str, dict[_Pending, tuple[_Pending, Any]]] = {
-            name: {} for name in self.state.groups}
-        self._feasible: dict[tuple[Any, ...], str | None] = {}
+        self._shapes = [(s.name, s.resources, s.labels) for s in cluster.node_specs
+                        if s.count > 0 or s.max_count > 0]
+        self._what = f"cluster {cluster.name!r}"
         self._round_due = False
         self._feed_done = False
         self._last_submit = 0.0
         self.in_system = 0
-        self.pending_count = 0
         self.done = False
         self.end_time = 0.0
         # records (columns, appended when a task leaves the system)
@@ -162,20 +152,22 @@ class Simulation:
         self.scale_ups = 0
         self.scale_downs = 0
         self.cost = 0.0
-        self._node_seq: dict[str, int] = dict.fromkeys(self.state.groups, 0)
+        self._node_seq: dict[str, int] = {s.name: 0 for s in cluster.node_specs}
         self._node_ix: dict[str, int] = {}
-        self.policy_calls = 0
+        self._interval = autoscale_interval
+        self._feasible: dict[Any, tuple[Any, str | None]] = {}
+        self._speeds: dict[Any, tuple[Any, float]] = {}
+        self.plugins: list[Any] = []
         for spec in cluster.initial_nodes():
             self.add_node(spec.name, "up", scale=False)
         self.env.call_in(0.0, self._pull)
-        from simulator.autoscale import AutoscalerDriver
         from simulator.failures import default_plugins
 
-        self.plugins: list[Any] = list(plugins)
+        self.plugins = list(plugins)
         if failures:
             self.plugins.extend(default_plugins(self))
-        if type(self.autoscaler).__name__ != "NoAutoscaling":
-            self.plugins.append(AutoscalerDriver(autoscale_interval))
+        if self.autoscaler is not None:
+            self.env.call_in(0.0, self._autoscale_tick, priority=3, background=True)
         for p in self.plugins:
             p.attach(self)
 
@@ -184,6 +176,24 @@ class Simulation:
     def now(self) -> float:
         """Current virtual time."""
         return self.env._now
+
+    def _clock(self) -> float:
+        return self.env._now
+
+    @property
+    def policy_calls(self) -> int:
+        """Decision rounds that asked the policy."""
+        return self.plane.rounds
+
+    @property
+    def policy_errors(self) -> list[Any]:
+        """PolicyErrors of the run (a policy or autoscaler that raised or decided wrongly)."""
+        return list(self.plane.errors)
+
+    @property
+    def pending_count(self) -> int:
+        """Tasks in the pending queue now."""
+        return self.plane.queue.count
 
     def run(self, until: float | None = None) -> Simulation:
         """Run until every task left the system (or ``until``); returns self."""
@@ -219,13 +229,13 @@ class Simulation:
         return self.trace.digest()
 
     # -- nodes --------------------------------------------------------------------
-    def add_node(self, type_name: str, state: str = "up", *, scale: bool = True) -> SimNode:
+    def add_node(self, type_name: str, state: str = "up", *, scale: bool = True) -> IndexNode:
         """Add a node of ``type_name`` in ``state`` (``booting`` nodes come up after boot latency)."""
-        spec = self.state.groups[type_name].spec
+        spec = self.cluster.spec(type_name)
         seq = self._node_seq[type_name]
         self._node_seq[type_name] = seq + 1
         nid = f"{type_name}-{seq:06d}"
-        n = self.state.add_node(nid, spec, state, self.now)  # type: ignore[arg-type]
+        n = self.plane.add_node(nid, spec, state)  # type: ignore[arg-type]
         ix = self.trace.add_node(nid)
         self._node_ix[nid] = ix
         n.ix = ix
@@ -234,50 +244,132 @@ class Simulation:
              "state": state}))
         if scale:
             self.scale_ups += 1
-        if state == "up":
-            self._node_up(n)
-        for p in getattr(self, "plugins", ()):
+        for p in self.plugins:
             hook = getattr(p, "node_added", None)
             if hook is not None:
                 hook(n)
         return n
 
-    def set_node_state(self, n: SimNode, state: str, reason: str = "") -> None:
-        """Change a node's state, emitting ``node_state`` (a node coming up unblocks the queue)."""
-        if n.state == state:
-            return
-        self.state.set_state(n, state, self.now)  # type: ignore[arg-type]
-        data = {"state": state, "reason": reason} if reason else {"state": state}
-        self._emit(K.NODE_STATE, -1, self._node_ix[n.id], self.trace.note(data))
-        if state == "up":
-            self._node_up(n)
+    def set_node_state(self, n: IndexNode, state: str, reason: str = "") -> None:
+        """Change a node's state (a node coming up unblocks the queue)."""
+        self.plane.set_node_state(n.id, state, reason)  # type: ignore[arg-type]
 
-    def remove_node(self, n: SimNode, reason: str, *, scale: bool = True) -> None:
+    def remove_node(self, n: IndexNode, reason: str, *, scale: bool = True) -> None:
         """Remove an idle node (its running tasks must have been stopped)."""
         self.cost += n.group.cost * (self.now - n.added_at) / 3600.0
-        self.state.remove_node(n, self.now)
+        self.plane.remove_node(n.id, reason)
         self._emit(K.NODE_REMOVED, -1, self._node_ix[n.id], self.trace.note({"reason": reason}))
         if scale:
             self.scale_downs += 1
 
-    def stop_node_tasks(self, n: SimNode, reason: str, *, count_attempt: bool = True) -> None:
+    def stop_node_tasks(self, n: IndexNode, reason: str, *, count_attempt: bool = True) -> None:
         """Stop every task on ``n``: retried (up to ``max_retries``) or failed with
         :class:`WorkerCrashedError`; with ``count_attempt=False`` they are preempted instead."""
+        plane = self.plane
         for tid in sorted(n.tasks):
             run = self._stop(tid)
             task = self._tasks[tid]
             if not count_attempt:
                 self.preemptions += 1
                 self._emit(K.PREEMPTED, tid, self._node_ix[n.id], run.attempt)
-                self._requeue(tid)
+                plane.requeue(tid, E.TASK_READY)
             elif run.attempt <= task.max_retries:
                 self.retries += 1
                 self._emit(K.RETRIED, tid, self._node_ix[n.id], run.attempt)
-                self._requeue(tid)
+                plane.requeue(tid)
             else:
                 err = WorkerCrashedError(task.name, tid, run.attempt, n.id, reason)
                 self._fail(tid, err, reason)
-        self._kick()
+
+    # -- the actuator (what the control plane asks for) ----------------------------------
+    def start(self, task_id: int, node_id: str) -> None:
+        """Start a placed task: its finish is due after ``duration / speed``."""
+        info = self._infos[task_id]
+        state = self.state
+        n = state._nodes[node_id]
+        vec = state._running[task_id][RUN_VEC]
+        req = info.request
+        sk = (id(req), info.kind or info.name, id(n.group))  # ints and a str: cheap to hash
+        c = self._speeds.get(sk)
+        if c is None or c[0] is not req:
+            c = self._speeds[sk] = (req, state._group_speed(info, n.group))  # holds req
+        speed = c[1]
+        now = self.env._now
+        attempt = self._attempts.get(task_id, 0) + 1
+        self._attempts[task_id] = attempt
+        if task_id not in self._first_start:
+            self._first_start[task_id] = now
+        self._run[task_id] = _Run(n, vec, attempt, now, speed)
+        self._progress_at = now
+        tr = self.trace  # _emit(K.STARTED, ...), inlined
+        tr.time.append(now)
+        tr.kind.append(K.STARTED)
+        tr.task.append(task_id)
+        tr.node.append(n.ix)
+        tr.aux.append(attempt)
+        if self.events._subs:
+            self.events.publish(tr.event(len(tr.time) - 1))
+        t = self._tasks[task_id]
+        dur = t.duration
+        if t.shots:
+            acc = n.group.spec.accelerator
+            dur += t.shots * (acc.shot_time if acc is not None else 0.0)
+        env = self.env
+        heappush(env._queue, (now + dur / speed, 1, next(env._eid), self._finish,
+                              (task_id, attempt)))
+
+    def send_ahead(self, task_id: int, node_id: str, behind: int) -> None:
+        """Not used: the engine has no round trip to hide."""
+
+    def preempt(self, task_id: int, reason: str) -> None:
+        """Stop a running task at once; it queues again."""
+        run = self._stop(task_id)
+        self.preemptions += 1
+        self._emit(K.PREEMPTED, task_id, self._node_ix[run.node.id], run.attempt)
+        self.plane.requeue(task_id, E.TASK_READY)
+
+    def resume(self, task_id: int) -> None:
+        """Not used: simulated tasks never block."""
+
+    def fail(self, task_id: int, error: BaseException) -> None:
+        """A task the plane gave up on (its policy failed, or nothing can run it)."""
+        self._fail(task_id, error, str(error).split("\n", 1)[0], plane=False)
+
+    def launch(self, node_type: NodeType, count: int) -> None:
+        """Add ``count`` nodes (booting for the type's boot latency, cost running from now)."""
+        for _ in range(count):
+            node = self.add_node(node_type.name,
+                                 "booting" if node_type.boot_latency > 0 else "up")
+            if node_type.boot_latency > 0:
+                self.env.call_in(node_type.boot_latency, self._booted, node)
+
+    def retire(self, node_id: str) -> None:
+        """Remove an idle node the planner scaled down."""
+        n = self.state._nodes.get(node_id)
+        if n is not None:
+            self.remove_node(n, "scaled down")
+
+    def _booted(self, ev: Any) -> None:
+        node = ev.args[0]
+        if node.id in self.state and node.state == "booting":
+            self.set_node_state(node, "up", "booted")
+
+    def _plane_event(self, kind: str, task: int | None, node: str | None, **data: Any) -> None:
+        """The decisions and node changes the plane publishes, into the trace."""
+        if kind == E.NODE_STATE:
+            self._emit(K.NODE_STATE, -1, self._node_ix[node], self.trace.note(  # type: ignore[index]
+                {"state": data["state"], "reason": data["reason"]} if data.get("reason")
+                else {"state": data["state"]}))
+        elif kind == E.SCALE_DECISION:
+            self._emit(K.SCALE, -1, -1, self.trace.note(
+                {"add": data["add"], "remove": data["remove"],
+                 "infeasible": data["infeasible"], "reason": data["reason"]}))
+
+    def _autoscale_tick(self, ev: Any) -> None:
+        if self.done:
+            return
+        self.plane.autoscale()
+        self.env.call_in(self._interval, self._autoscale_tick, priority=3, background=True)
 
     # -- internals: arrivals ---------------------------------------------------------
     def _active(self) -> bool:
@@ -287,7 +379,7 @@ class Simulation:
         if len(env._queue) > env.bg:
             return True
         # only background clocks left: go on while pending work might still start
-        return self.pending_count > 0 and env._now - self._progress_at < self.stall_limit
+        return self.plane.queue.count > 0 and env._now - self._progress_at < self.stall_limit
 
     def _emit(self, kind: int, task: int = -1, node: int = -1, aux: int = 0) -> None:
         tr = self.trace
@@ -330,6 +422,11 @@ class Simulation:
         tid = t.id
         if tid in self._tasks or tid in self._done_status:
             raise ValueError(f"workload {self.workload_name!r}: task id {tid} used twice")
+        if t.gang > 1:
+            raise NotImplementedError(
+                f"workload {self.workload_name!r}: task {tid} is a gang job of {t.gang} members "
+                f"(all-or-nothing over several nodes), which the engine cannot place yet; read "
+                f"the trace with gangs='split' to run each member as a task of its own")
         self._tasks[tid] = t
         self._seen += 1
         self.in_system += 1
@@ -342,7 +439,7 @@ class Simulation:
         self._infos[tid] = info
         self._emit(K.SUBMITTED, tid, -1, self.trace.meta(t.name, t.kind, t.tenant, t.request))
         if not t.deps:
-            self._enqueue(tid)
+            self._submit(info, True)
             return
         waiting = 0
         for d in t.deps:
@@ -354,52 +451,47 @@ class Simulation:
                 self._dependants.setdefault(d, []).append(tid)
                 waiting += 1
             elif st == 0:
+                self._submit(info, False)
                 self._fail(tid, self.errors.get(d) or RuntimeError(f"dependency {d} failed"),
                            f"dependency {d} failed")
                 return
+        self._submit(info, not waiting)
         if waiting:
             self._waiting[tid] = waiting
-        else:
-            self._enqueue(tid)
+
+    def _why_not(self, info: TaskInfo) -> str | None:
+        """Why no node type of the cluster could ever run ``info``, or None (a shape some
+        present node group runs is feasible; others are asked once per shape)."""
+        req = info.request
+        key = (id(req), info.accelerator_type, info.kind or info.name)  # cheap to hash
+        c = self._feasible.get(key)
+        if c is None or c[0] is not req:
+            c = self._feasible[key] = (req, self.plane.infeasible(
+                info, shapes=self._shapes, what=self._what))  # holds req: its id stays
+        return c[1]
+
+    def _submit(self, info: TaskInfo, ready: bool) -> None:
+        """Hand a task to the plane; one whose shape no node can ever host fails at once."""
+        if ready:
+            why = self._why_not(info)
+            if why is not None:
+                self.plane.submit(info, ready=False)
+                self._ready_t[info.id] = self.env._now
+                self._fail(info.id, InfeasibleRequestError(why), why)
+                return
+            self._ready_t[info.id] = self.env._now
+        self.plane.submit(info, ready=ready)
 
     def _enqueue(self, tid: int) -> None:
         info = self._infos[tid]
+        why = self._why_not(info)
         self._ready_t[tid] = self.env._now
-        key = self._key(info)
-        g = self._groups.get(key)
-        if g is None:  # a new group: is its shape feasible at all? (cached per shape)
-            fkey = key[:3]
-            why = self._feasible.get(fkey, "?")
-            if why == "?":
-                why = self._feasible[fkey] = self._infeasible(info)
-            if why is not None:
-                self._fail(tid, InfeasibleRequestError(why), why)
-                return
-            g = self._groups[key] = _Pending(key, self.state.eligible(info))
-        self._group_of[tid] = g
-        _fifo_insert(g.queue, info)
-        self.pending_count += 1
-        if not g.blocked:
-            self._ready[g] = g
-            self._kick()
+        if why is not None:
+            self._fail(tid, InfeasibleRequestError(why), why)
+            return
+        self.plane.ready(tid)
 
-    def _key(self, info: TaskInfo) -> tuple[Any, ...]:
-        """The pending group of a task: its shape (plus tenant and priority unless the
-        policy is greedy by shape)."""
-        key = (info.request, info.accelerator_type, info.task_kind)
-        return key if self._by_shape else key + (info.tenant, info.priority)
-
-    def _infeasible(self, info: TaskInfo) -> str | None:
-        shapes = [(s.name, s.resources, s.labels) for s in self.cluster.node_specs
-                  if s.count > 0 or (s.max_count or 0) > 0]
-        why = infeasible_message(info.request, info.accelerator_type, shapes,
-                                 what=f"cluster {self.cluster.name!r}", task_name=info.name)
-        if why is None and not self.state.eligible(info):
-            why = (f"task {info.name!r} of kind {info.task_kind!r} runs at speed 0 on every "
-                   f"device model of cluster {self.cluster.name!r} that fits its request")
-        return why
-
-    # -- internals: scheduling rounds ------------------------------------------------
+    # -- internals: rounds -------------------------------------------------------------
     def _kick(self) -> None:
         if not self._round_due:
             self._round_due = True
@@ -408,211 +500,41 @@ class Simulation:
 
     def _round(self) -> None:
         self._round_due = False
-        st = self.state
-        st._now = self.env._now
-        room = st.room_in
-        window: list[TaskInfo] = []
-        groups: list[_Pending] = []
-        exact, cap = self._exact, self.window
-        for g in list(self._ready):
-            q = g.queue
-            if not q:
-                del self._ready[g]
-                continue
-            if exact:
-                k = len(q) if cap is None else min(cap, len(q))
-            else:
-                k = room(g.elig, cap)  # type: ignore[arg-type]
-                if k <= 0:
-                    self._block(g)
-                    continue
-            if k < len(q):
-                window.extend(islice(q, k))
-            else:
-                k = len(q)
-                window.extend(q)
-            g.shown = k
-            groups.append(g)
-        if not window:
-            return
-        if len(groups) > 1:
-            window.sort(key=_by_id)
-        self.policy_calls += 1
-        try:
-            decisions = list(self.policy.schedule(window, st))
-        finally:
-            if st._undo is not None:  # a policy that held without a Ledger: undo its holds
-                st._rollback()
-        placed = preempted = 0
-        if decisions:
-            ids = {t.id: t for t in window}
-            for d in decisions:
-                if type(d) is Place:
-                    self._place(d, ids).shown -= 1
-                    placed += 1
-                elif type(d) is Preempt:
-                    self._preempt(d)
-                    preempted += 1
-                else:
-                    raise PolicyError(f"policy {self.policy_name!r} returned {d!r}, "
-                                      f"expected Place or Preempt decisions")
-        if exact:  # every pending task is shown every round: nothing is parked
-            if placed or preempted:
-                self._kick()
-            return
-        again = False
-        for g in groups:
-            if g.queue:
-                if g.shown > 0 or room(g.elig, 1) <= 0:  # type: ignore[arg-type]
-                    self._block(g)  # (some of) what it was shown stayed pending, or no room left
-                else:
-                    again = True  # everything shown was placed, more waits and might fit
-        if again:
-            self._kick()
-
-    def _block(self, g: _Pending) -> None:
-        if g.blocked:
-            return
-        g.blocked = True
-        self._ready.pop(g, None)
-        for grp, vec, _ in g.elig:
-            self._blocked_by_type[grp.spec.name][g] = (g, vec)
-
-    def _unblock(self, g: _Pending) -> None:
-        if not g.blocked:
-            return
-        g.blocked = False
-        for d in self._blocked_by_type.values():
-            d.pop(g, None)
-        if g.queue:
-            self._ready[g] = g
-            self._kick()
-
-    def _node_up(self, n: SimNode) -> None:
-        for g, _ in list(self._blocked_by_type[n.spec.name].values()):
-            self._unblock(g)
-        if self._ready:
-            self._kick()
-
-    def _place(self, d: Place, ids: dict[int, TaskInfo]) -> _Pending:
-        info = ids.pop(d.task, None)
-        if info is None:
-            what = "already placed in this round" if d.task in self._run else \
-                "not among the pending tasks it was given"
-            raise PolicyError(f"policy {self.policy_name!r} placed task id {d.task} which is "
-                              f"{what}")
-        g = self._group_of[info.id]
-        n = self.state._nodes.get(d.node)
-        elig = None
-        if n is not None and n.state == "up":
-            for grp, vec, sp in g.elig:
-                if grp is n.group:
-                    elig = (vec, sp)
-                    break
-        if elig is None or not _fits(n.free, elig[0]):  # type: ignore[union-attr]
-            check_placement(self.policy, info, d.node, self.state)  # raises with the reason
-            raise PolicyError(f"policy {self.policy_name!r} placed task {info.name!r} "
-                              f"(id {info.id}) of kind {info.task_kind!r} on node {d.node!r} "
-                              f"whose device runs it at speed 0")
-        del self._group_of[info.id]
-        q = g.queue
-        if q[0] is info:
-            q.popleft()
-        else:
-            q.remove(info)
-        self.pending_count -= 1
-        self._start(info, n, elig[0], elig[1])  # type: ignore[arg-type]
-        return g
-
-    def _start(self, info: TaskInfo, n: SimNode, vec: Any, speed: float) -> None:
-        tid = info.id
-        now = self.env._now
-        self.state.allocate(info, n, vec)
-        attempt = self._attempts.get(tid, 0) + 1
-        self._attempts[tid] = attempt
-        if tid not in self._first_start:
-            self._first_start[tid] = now
-        self._run[tid] = _Run(n, vec, attempt, now, speed)
-        self._progress_at = now
-        tr = self.trace  # _emit(K.STARTED, ...), inlined
-        tr.time.append(now)
-        tr.kind.append(K.STARTED)
-        tr.task.append(tid)
-        tr.node.append(n.ix)
-        tr.aux.append(attempt)
-        if self.events._subs:
-            self.events.publish(tr.event(len(tr.time) - 1))
-        t = self._tasks[tid]
-        dur = t.duration
-        if t.shots:
-            acc = n.spec.accelerator
-            dur += t.shots * (acc.shot_time if acc is not None else 0.0)
-        env = self.env
-        heappush(env._queue, (now + dur / speed, 1, next(env._eid), self._finish, (tid, attempt)))
+        self.plane.schedule()
 
     def _stop(self, tid: int) -> _Run:
+        """Close a running attempt's books (its resources are given back by the plane)."""
         run = self._run.pop(tid)
-        n = run.node
         dt = self.env._now - run.acct
-        busy = n.group.busy
+        busy = run.node.group.busy
         for i, a in run.vec:
             busy[i] += a * dt
-        self.state.release(tid, n, run.vec)
-        self._release_unblock(n)
         return run
-
-    def _release_unblock(self, n: SimNode) -> None:
-        blocked = self._blocked_by_type[n.spec.name]
-        if blocked:
-            free = n.free
-            for g, vec in list(blocked.values()):
-                if _fits(free, vec):
-                    self._unblock(g)
 
     def _finish(self, tid: int, attempt: int) -> None:
         run = self._run.get(tid)
         if run is None or run.attempt != attempt:
             return  # a stale finish of an attempt that was stopped
         self._stop(tid)
-        n = run.node
         tr = self.trace  # _emit(K.FINISHED, ...), inlined
         tr.time.append(self.env._now)
         tr.kind.append(K.FINISHED)
         tr.task.append(tid)
-        tr.node.append(n.ix)
+        tr.node.append(run.node.ix)
         tr.aux.append(attempt)
         if self.events._subs:
             self.events.publish(tr.event(len(tr.time) - 1))
+        self.plane.end(tid, E.TASK_FINISHED)
         self._leave(tid, True, self.env._now - run.start)
-        if n.draining_to_remove and not n.tasks:
-            self.remove_node(n, "scaled down")
-        if self._ready:
-            self._kick()
 
-    def _preempt(self, d: Preempt) -> None:
-        if d.task not in self._run:
-            raise PolicyError(f"policy {self.policy_name!r} preempted task id {d.task} which is "
-                              f"not running")
-        run = self._stop(d.task)
-        self.preemptions += 1
-        self._emit(K.PREEMPTED, d.task, self._node_ix[run.node.id], run.attempt)
-        self._requeue(d.task)
-
-    def _requeue(self, tid: int) -> None:
-        info = self._infos[tid]
-        g = self._groups[self._key(info)]
-        self._group_of[tid] = g
-        _fifo_insert(g.queue, info)
-        self.pending_count += 1
-        if g.blocked:
-            return
-        self._ready[g] = g
-        self._kick()
-
-    def _fail(self, tid: int, err: BaseException, reason: str) -> None:
+    def _fail(self, tid: int, err: BaseException, reason: str, *, plane: bool = True) -> None:
         self.errors[tid] = err
+        if tid in self._run:
+            self._stop(tid)
         self._emit(K.FAILED, tid, -1, self.trace.note({"error": type(err).__name__,
                                                         "reason": reason}))
+        if plane:
+            self.plane.end(tid, E.TASK_FAILED)
         self._leave(tid, False, 0.0)
 
     def _leave(self, tid: int, ok: bool, service: float) -> None:
@@ -665,7 +587,7 @@ class Simulation:
 
     def _close_books(self) -> None:
         now = self.end_time
-        for n in list(self.state.all_nodes().values()):
+        for n in list(self.state.records().values()):
             self.cost += n.group.cost * (now - n.added_at) / 3600.0
             n.added_at = now
             if n.up_since is not None:

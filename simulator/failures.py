@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from simulator.workloads.base import rng_for
 
 if TYPE_CHECKING:
+    from runtime.control import IndexNode as SimNode
     from simulator.engine import Simulation
-    from simulator.state import SimNode
 
 __all__ = ["NodeFailures", "SpotPreemption", "AvailabilityWindows", "default_plugins"]
 
@@ -31,7 +31,7 @@ class NodeFailures:
         """Start failure clocks for the existing nodes."""
         self.sim = sim
         self.rng = rng_for(sim.seed, "node-failures")
-        for n in list(sim.state.all_nodes().values()):
+        for n in list(sim.state.records().values()):
             self.node_added(n)
 
     def node_added(self, n: SimNode) -> None:
@@ -43,12 +43,12 @@ class NodeFailures:
     def _fail(self, ev: Any) -> None:
         sim, n = self.sim, ev.args[0]
         assert sim is not None
-        if sim.done or n.id not in sim.state.all_nodes():
+        if sim.done or n.id not in sim.state.records():
             return
         if n.state in ("up", "draining"):
             self.failures += 1
             sim.stop_node_tasks(n, "node failure")
-            if n.draining_to_remove:  # the autoscaler was removing it anyway
+            if n.removing:  # the autoscaler was removing it anyway
                 sim.remove_node(n, "failed while draining")
                 return
             sim.set_node_state(n, "down", "failure")
@@ -59,7 +59,7 @@ class NodeFailures:
     def _repair(self, ev: Any) -> None:
         sim, n = self.sim, ev.args[0]
         assert sim is not None
-        if n.id in sim.state.all_nodes() and n.state == "down":
+        if n.id in sim.state.records() and n.state == "down":
             sim.set_node_state(n, "up", "repaired")
             self.node_added(n)
 
@@ -75,7 +75,7 @@ class SpotPreemption:
         """Start preemption clocks for the existing spot nodes."""
         self.sim = sim
         self.rng = rng_for(sim.seed, "spot")
-        for n in list(sim.state.all_nodes().values()):
+        for n in list(sim.state.records().values()):
             self.node_added(n)
 
     def node_added(self, n: SimNode) -> None:
@@ -87,7 +87,7 @@ class SpotPreemption:
     def _notice(self, ev: Any) -> None:
         sim, n = self.sim, ev.args[0]
         assert sim is not None
-        if sim.done or n.id not in sim.state.all_nodes():
+        if sim.done or n.id not in sim.state.records():
             return
         sim.set_node_state(n, "draining", "spot notice")
         sim.env.call_in(n.spec.spot_notice, self._reclaim, n, background=True)
@@ -95,7 +95,7 @@ class SpotPreemption:
     def _reclaim(self, ev: Any) -> None:
         sim, n = self.sim, ev.args[0]
         assert sim is not None
-        if n.id not in sim.state.all_nodes():
+        if n.id not in sim.state.records():
             return
         self.preempted += 1
         sim.stop_node_tasks(n, "spot preemption", count_attempt=False)
@@ -111,7 +111,7 @@ class AvailabilityWindows:
     def attach(self, sim: Simulation) -> None:
         """Schedule the first window of every node that has one."""
         self.sim = sim
-        for n in list(sim.state.all_nodes().values()):
+        for n in list(sim.state.records().values()):
             self.node_added(n)
 
     def node_added(self, n: SimNode) -> None:
@@ -130,7 +130,7 @@ class AvailabilityWindows:
     def _begin(self, ev: Any) -> None:
         sim, (n, w) = self.sim, ev.args
         assert sim is not None
-        if sim.done or n.id not in sim.state.all_nodes():
+        if sim.done or n.id not in sim.state.records():
             return
         if n.state == "up":
             n.in_window = True
@@ -140,7 +140,7 @@ class AvailabilityWindows:
     def _end(self, ev: Any) -> None:
         sim, (n, w) = self.sim, ev.args
         assert sim is not None
-        if n.id not in sim.state.all_nodes():
+        if n.id not in sim.state.records():
             return
         if n.in_window and n.state == "draining":
             n.in_window = False

@@ -109,7 +109,7 @@ def compute(sim: Simulation) -> dict[str, Any]:
     cap: dict[str, float] = {}
     mbusy: dict[str, float] = {}
     mcap: dict[str, float] = {}
-    for g in sim.state.groups.values():
+    for g in sim.state.group_records():
         for i, name in enumerate(g.names):
             if name == "memory":
                 continue
@@ -175,7 +175,7 @@ def check_invariants(sim: Simulation, rel: float = 1e-9) -> dict[str, float]:
     t, count = in_system_series(sim)
     if count.size and count.min() < 0:
         fail(f"the number in the system went negative ({count.min():g})")
-    for g in sim.state.groups.values():
+    for g in sim.state.group_records():
         for i, name in enumerate(g.names):
             cap = g.total[i] * g.uptime
             if g.busy[i] < -eps or (cap > 0 and g.busy[i] > cap * (1 + 1e-9) + eps) or \
@@ -188,7 +188,7 @@ def check_invariants(sim: Simulation, rel: float = 1e-9) -> dict[str, float]:
         return out
     if sim.in_system or (count.size and count[-1] != 0):
         fail(f"the run is done but {sim.in_system} tasks are still in the system")
-    for node in sim.state.all_nodes().values():
+    for node in sim.state.records().values():
         if node.tasks or any(abs(f - t) > 1e-9 * max(1.0, abs(t))
                              for f, t in zip(node.free, node.group.total, strict=True)):
             fail(f"node {node.id} still holds tasks {sorted(node.tasks)} or capacity "

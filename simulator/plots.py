@@ -33,7 +33,7 @@ def utilization_plot(sim: Simulation, resources: Sequence[str] | None = None,
                      bins: int = 200) -> Figure:
     """Busy fraction of each resource kind over virtual time."""
     if resources is None:
-        names = {n for g in sim.state.groups.values() for n in g.names}
+        names = {n for g in sim.state.group_records() for n in g.names}
         resources = [r for r in ("CPU", "GPU", "TPU", "QPU") if r in names]
     fig = _fig()
     ax = fig.add_subplot()

@@ -1,13 +1,20 @@
-"""Autoscaling policies: recommend node additions/removals (see :mod:`.base`)."""
+"""Autoscaling policies: recommend node additions/removals; the control plane acts.
+
+Like Dask's ``AdaptiveCore.recommendations``: a policy only *recommends* (a
+:class:`~runtime.cluster.ScaleDecision`); the control plane's scale planner
+validates and clamps it and a backend or the simulator carries it out. Policies
+see immutable values, so they are tested without any cluster at all.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from runtime.autoscaling.base import AutoscalingPolicy, NoAutoscaling, NodeType, ScaleDecision
 from runtime.autoscaling.demand import DemandAutoscaler
+from runtime.autoscaling.none import NoAutoscaling
 from runtime.autoscaling.target import TargetUtilization
+from runtime.cluster import AutoscalingPolicy, NodeType, ScaleDecision
 
 __all__ = ["AutoscalingPolicy", "DemandAutoscaler", "NoAutoscaling", "NodeType",
            "ScaleDecision", "TargetUtilization", "get_autoscaler", "AUTOSCALERS"]

@@ -10,8 +10,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from runtime.autoscaling.base import NodeType
-from runtime.policies.base import ACCELERATOR_LABEL, ClusterState, NodeInfo, TaskInfo
+from runtime.cluster import ACCELERATOR_LABEL, ClusterState, NodeType, TaskInfo
 from runtime.resources import EPSILON, Resources
 
 __all__ = ["Snapshot", "snapshot", "Launches", "Bin", "pack", "check_number", "type_key"]
@@ -50,16 +49,12 @@ class Snapshot:
         return sum(row.get(s, 0) for s in states)
 
 
-_SAMPLED = object()
-
-
 class IdleTracker:
-    """Idle-since bookkeeping where the cluster does not keep it across decisions.
+    """Idle-since bookkeeping that survives a cluster view that is rebuilt between decisions.
 
-    A cluster that reports ``idle_nodes()`` and is the same object as last time (a
-    backend's live index) is trusted as is. A fresh snapshot each time (its clock
-    restarts), or a cluster that reports nothing (idle = free == total), is sampled:
-    a node counts as idle since the first decision that saw it idle without a break.
+    The same view as last time (a backend's live index) is trusted as is; a new view
+    object (whose idle clocks may have restarted) keeps, for each node idle without a
+    break, the earliest idle-since seen.
     """
 
     def __init__(self) -> None:
@@ -77,57 +72,32 @@ class IdleTracker:
         self.since = seen
         return sorted(seen.items(), key=lambda p: (p[1], p[0]))
 
-    def update(self, nodes: Sequence[NodeInfo], now: float) -> list[tuple[str, float]]:
-        """Sample idleness (up and free == total) from plain node values."""
-        self.cluster = _SAMPLED
-        return self.observe(object(), [(n.id, now) for n in nodes
-                                   if n.state == "up" and n.free == n.total], now)
-
 
 def snapshot(cluster: ClusterState, tracker: IdleTracker) -> Snapshot:
-    """Gather counts, idle nodes and booting capacity (index-backed on a NodeIndex)."""
+    """Gather counts, idle nodes and booting capacity from the cluster's node groups."""
     now = cluster.now
-    groups = getattr(cluster, "groups", None)
-    if callable(groups) and callable(getattr(cluster, "idle_nodes", None)):
-        counts: dict[str, dict[str, int]] = {}
-        booting: list[tuple[str, Resources, Mapping[str, str]]] = []
-        hosts = []
-        for g in sorted(groups(), key=lambda g: (g.node_type, tuple(g.total.items()),
-                                                 g.accel or "", g.cost)):
-            row = counts.setdefault(g.node_type, {})
-            for s, c in g.n_state.items():
-                if c:
-                    row[s] = row.get(s, 0) + c
-            labels = {ACCELERATOR_LABEL: g.accel} if g.accel else {}
-            booting.extend([(g.node_type, g.total, labels)] * g.n_state["booting"])
-            if g.n_state["booting"] or g.n_state["up"]:
-                hosts.append((g.total, g.accel))
-        idle = tracker.observe(cluster, cluster.idle_nodes(), now)  # type: ignore[attr-defined]
-        snap = Snapshot(now, counts, idle, booting, hosts=hosts)
-        for nid, _ in idle:
-            n = cluster.node(nid)
-            snap.node_types_of[nid] = n.node_type
-            snap.totals_of[nid] = n.total
-            snap.accel_of[nid] = n.accelerator_type
-        return snap
-    nodes = list(cluster.nodes())
-    counts = {}
-    booting = []
-    hosts_set: dict[tuple[Resources, str | None], None] = {}
-    for n in nodes:
-        row = counts.setdefault(n.node_type, {})
-        row[n.state] = row.get(n.state, 0) + 1
-        if n.state == "booting":
-            booting.append((n.node_type, n.total, dict(n.labels)))
-        if n.state in ("booting", "up"):
-            hosts_set[(n.total, n.accelerator_type)] = None
-    idle = tracker.update(nodes, now)
-    snap = Snapshot(now, dict(sorted(counts.items())), idle, booting, hosts=list(hosts_set))
-    by_id = {n.id: n for n in nodes}
+    counts: dict[str, dict[str, int]] = {}
+    booting: list[tuple[str, Resources, Mapping[str, str]]] = []
+    hosts = []
+    for g in sorted(cluster.groups(), key=lambda g: (g.node_type, tuple(g.total.items()),
+                                                     g.accelerator_type or "", g.cost_per_hour)):
+        row = counts.setdefault(g.node_type, {})
+        for st, c in g.counts.items():
+            if c:
+                row[st] = row.get(st, 0) + c
+        acc = g.accelerator_type
+        labels = {ACCELERATOR_LABEL: acc} if acc else {}
+        nb = g.counts.get("booting", 0)
+        booting.extend([(g.node_type, g.total, labels)] * nb)
+        if nb or g.counts.get("up", 0):
+            hosts.append((g.total, acc))
+    idle = tracker.observe(cluster, cluster.idle_nodes(), now)
+    snap = Snapshot(now, dict(sorted(counts.items())), idle, booting, hosts=hosts)
     for nid, _ in idle:
-        snap.node_types_of[nid] = by_id[nid].node_type
-        snap.totals_of[nid] = by_id[nid].total
-        snap.accel_of[nid] = by_id[nid].accelerator_type
+        n = cluster.node(nid)
+        snap.node_types_of[nid] = n.node_type
+        snap.totals_of[nid] = n.total
+        snap.accel_of[nid] = n.accelerator_type
     return snap
 
 

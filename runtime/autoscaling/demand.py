@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from runtime.autoscaling.base import NodeType, ScaleDecision
 from runtime.autoscaling.common import (
     IdleTracker,
     Launches,
@@ -23,7 +22,7 @@ from runtime.autoscaling.common import (
     snapshot,
     start_bins,
 )
-from runtime.policies.base import ClusterState, TaskInfo
+from runtime.cluster import ClusterState, NodeType, ScaleDecision, TaskInfo
 
 __all__ = ["DemandAutoscaler"]
 

@@ -18,7 +18,6 @@ import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 
-from runtime.autoscaling.base import NodeType, ScaleDecision
 from runtime.autoscaling.common import (
     IdleTracker,
     Launches,
@@ -28,7 +27,7 @@ from runtime.autoscaling.common import (
     snapshot,
     start_bins,
 )
-from runtime.policies.base import ClusterState, TaskInfo
+from runtime.cluster import ClusterState, NodeType, ScaleDecision, TaskInfo
 
 __all__ = ["TargetUtilization"]
 
@@ -187,25 +186,11 @@ class TargetUtilization:
 
 
 def _shapes(cluster: ClusterState) -> list[tuple[Mapping[str, float], str | None, int,
-                                                 dict[str, float]]]:
-    """``(total, accelerator, count of up+booting nodes, used amounts)`` per node shape."""
+                                                 Mapping[str, float]]]:
+    """``(total, accelerator, count of up+booting nodes, used amounts)`` per node group."""
     out = []
-    groups = getattr(cluster, "groups", None)
-    if callable(groups):
-        for g in groups():
-            count = g.n_state["up"] + g.n_state["booting"]
-            if not count:
-                continue
-            used = {k: g.n_state["up"] * v for k, v in g.total.items()}
-            for b in g.buckets.values():
-                for k, v in b.free.items():
-                    used[k] -= v * len(b.ids)
-            out.append((g.total, g.accel, count, used))
-        return out
-    for n in cluster.nodes():
-        if n.state == "up":
-            out.append((n.total, n.accelerator_type, 1,
-                        {k: v - n.free.get(k, 0.0) for k, v in n.total.items()}))
-        elif n.state == "booting":
-            out.append((n.total, n.accelerator_type, 1, {}))
+    for g in cluster.groups():
+        count = g.count("up", "booting")
+        if count:
+            out.append((g.total, g.accelerator_type, count, g.used))
     return out

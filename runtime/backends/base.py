@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from runtime.cluster import NodeInfo, TaskInfo
 from runtime.events import ClusterLog, EventBus
-from runtime.policies.base import NodeInfo, TaskInfo
 from runtime.resources import Resources
 
 if TYPE_CHECKING:

@@ -1,7 +1,8 @@
-"""Scheduling policies: one module per family; all follow :mod:`runtime.policies.base`.
+"""Scheduling policies: one module per family; all speak :mod:`runtime.cluster`.
 
 ``get_policy("fifo")`` builds a built-in by name; any object with a
-``schedule(pending, cluster)`` method is a policy too.
+``schedule(pending, cluster)`` method is a policy too. The vocabulary they use
+(``TaskInfo``, ``Place``, ``ClusterState``...) is re-exported here for convenience.
 """
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from runtime.policies.backfill import EasyBackfill
-from runtime.policies.base import (
+from runtime.cluster import (
     ClusterState,
     Decision,
     NodeInfo,
@@ -20,6 +20,7 @@ from runtime.policies.base import (
     TaskInfo,
     check_placement,
 )
+from runtime.policies.backfill import EasyBackfill
 from runtime.policies.binpack import BestFit, Spread
 from runtime.policies.custom import FunctionPolicy, from_function
 from runtime.policies.fairness import DRF, FairShare
@@ -27,7 +28,6 @@ from runtime.policies.fifo import FirstFit
 from runtime.policies.hetero import Hetero
 from runtime.policies.ledger import Ledger
 from runtime.policies.priority import PriorityPreempt
-from runtime.policies.state import NodeIndex
 
 __all__ = [
     "BestFit",
@@ -40,7 +40,6 @@ __all__ = [
     "FunctionPolicy",
     "Hetero",
     "Ledger",
-    "NodeIndex",
     "PriorityPreempt",
     "Spread",
     "from_function",

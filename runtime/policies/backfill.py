@@ -9,8 +9,7 @@ node, or on the reserved node if they end by the shadow time
 (``now + duration_hint <= shadow``) or fit in what the head leaves over.
 A task without a ``duration_hint`` counts as never ending; when the head's
 shadow time is thus unknown, only the room it leaves over may be used on its
-node. Running tasks' start times come from ``cluster.started_at(task_id)``
-(a NodeIndex records them); elsewhere they count as started now.
+node. Running tasks' start times come from ``cluster.started_at(task_id)``.
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from runtime.policies.base import ClusterState, Decision, TaskInfo, node_can_host
-from runtime.policies.ledger import Ledger, fifo_key, hosts_for, tasks_by_node
+from runtime.cluster import ClusterState, Decision, TaskInfo
+from runtime.policies.ledger import Ledger, fifo_key, tasks_by_node
 from runtime.resources import EPSILON
 
 __all__ = ["EasyBackfill", "Reservation"]
@@ -95,23 +94,21 @@ class EasyBackfill:
         shape = (task.request, task.accelerator_type)
         got = cache.get(shape)
         if got is None:
-            got = cache[shape] = any(node_can_host(task, n, free=False)
-                                     for n in hosts_for(task, cluster))
+            got = cache[shape] = bool(cluster.hosts(task))
         return got
 
     def _reserve(self, head: TaskInfo, cluster: ClusterState, ledger: Ledger,
                  placed: list[tuple[TaskInfo, str]], now: float) -> Reservation | None:
         """The earliest (shadow time, node id) where ``head`` can start, from expected ends."""
-        started = getattr(cluster, "started_at", None)
         on_node = tasks_by_node(cluster)
         for task, nid in placed:
             on_node.setdefault(nid, []).append(task)
         best: tuple[float, str, dict[str, float]] | None = None
-        for node in hosts_for(head, cluster):
+        for node in cluster.hosts(head):
             free = dict(ledger.free(node))
             ends: list[tuple[float, int, TaskInfo]] = []
             for t in on_node.get(node.id, ()):
-                t0 = started(t.id) if callable(started) else None
+                t0 = cluster.started_at(t.id)
                 t0 = now if t0 is None else t0
                 end = t0 + t.duration_hint if t.duration_hint is not None else math.inf
                 ends.append((max(end, now), t.id, t))

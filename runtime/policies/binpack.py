@@ -3,7 +3,7 @@
 A node's *free score* is the sum over its resources of free/total; ties go to
 the smaller node id. Both are first-fit in submission order otherwise (they
 inherit ``greedy_by_shape`` from :class:`FirstFit`), and use the index, so one
-decision costs about O(log n) on a :class:`~runtime.policies.state.NodeIndex`.
+decision costs about O(log n) on the control plane's index.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from runtime.policies.base import ClusterState, Decision, Place, Preempt, TaskInfo
+from runtime.cluster import ClusterState, Decision, Place, Preempt, TaskInfo
 
 __all__ = ["FunctionPolicy", "from_function"]
 
@@ -34,9 +34,8 @@ class FunctionPolicy:
         try:
             out = list(self.fn(pending, cluster) or ())
         finally:
-            undo = getattr(cluster, "_undo", None)
-            if undo is not None:
-                cluster._rollback()  # type: ignore[attr-defined]
+            if cluster.holding:
+                cluster.rollback()
         for d in out:
             if not isinstance(d, (Place, Preempt)):
                 raise TypeError(f"policy {self.name!r} returned {d!r} ({type(d).__name__}); "

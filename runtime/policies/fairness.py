@@ -16,7 +16,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from runtime.policies.base import ClusterState, Decision, TaskInfo
+from runtime.cluster import ClusterState, Decision, TaskInfo
 from runtime.policies.ledger import Ledger, fifo_key
 
 __all__ = ["DRF", "FairShare"]
@@ -33,30 +33,6 @@ def _check_weights(owner: str, weights: Mapping[str, float] | None) -> dict[str,
             raise ValueError(f"{owner}: weight of tenant {k!r} must be a finite number > 0, "
                              f"got {v!r}")
         out[str(k)] = float(v)
-    return out
-
-
-def _totals(cluster: ClusterState) -> dict[str, float]:
-    get = getattr(cluster, "totals", None)
-    if callable(get):
-        return dict(get())
-    out: dict[str, float] = {}
-    for n in cluster.nodes():
-        if n.state in ("up", "draining"):
-            for k, v in n.total.items():
-                out[k] = out.get(k, 0.0) + v
-    return out
-
-
-def _usage(cluster: ClusterState) -> dict[str, dict[str, float]]:
-    get = getattr(cluster, "tenant_usage", None)
-    if callable(get):
-        return {t: dict(u) for t, u in get().items()}
-    out: dict[str, dict[str, float]] = {}
-    for t in cluster.running():
-        row = out.setdefault(t.tenant, {})
-        for k, v in t.request.items():
-            row[k] = row.get(k, 0.0) + v
     return out
 
 
@@ -103,8 +79,8 @@ class DRF:
 
     def schedule(self, pending: Sequence[TaskInfo], cluster: ClusterState) -> Iterable[Decision]:
         """Return placements that equalise dominant shares as far as the free room allows."""
-        totals = {k: v for k, v in _totals(cluster).items() if v > 0}
-        usage = _usage(cluster)
+        totals = {k: v for k, v in cluster.totals().items() if v > 0}
+        usage = cluster.tenant_usage()
 
         def share(tenant: str) -> float:
             row = usage.get(tenant, {})
@@ -121,9 +97,9 @@ class DRF:
 
     def shares(self, cluster: ClusterState) -> dict[str, float]:
         """Each tenant's current dominant share (for tests, monitors and reports)."""
-        totals = {k: v for k, v in _totals(cluster).items() if v > 0}
+        totals = {k: v for k, v in cluster.totals().items() if v > 0}
         return {t: max((row.get(k, 0.0) / v for k, v in totals.items()), default=0.0)
-                for t, row in sorted(_usage(cluster).items())}
+                for t, row in sorted(cluster.tenant_usage().items())}
 
     def __repr__(self) -> str:
         return f"DRF(weights={self.weights}, order={self.order!r})"

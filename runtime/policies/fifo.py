@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from runtime.policies.base import ClusterState, Decision, TaskInfo
+from runtime.cluster import ClusterState, Decision, TaskInfo
 from runtime.policies.ledger import Ledger, fifo_key
 
 __all__ = ["FirstFit"]
@@ -31,7 +31,7 @@ class FirstFit:
         """True unless ``strict`` or a subclass overrides ``schedule``: tasks are placed
         greedily in ``(submitted_at, id)`` order and where one goes depends only on its
         shape and earlier placements, so a backend may batch pending tasks of one shape
-        (see ``simulator.engine``)."""
+        (see ``runtime.control``)."""
         return not self.strict and type(self).schedule is FirstFit.schedule
 
     def schedule(self, pending: Sequence[TaskInfo], cluster: ClusterState) -> Iterable[Decision]:

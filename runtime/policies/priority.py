@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from runtime.policies.base import ClusterState, Decision, NodeInfo, Preempt, TaskInfo
-from runtime.policies.ledger import Ledger, hosts_for, priority_key, tasks_by_node
+from runtime.cluster import ClusterState, Decision, NodeInfo, Preempt, TaskInfo
+from runtime.policies.ledger import Ledger, priority_key
 
 __all__ = ["PriorityPreempt"]
 
@@ -38,6 +38,12 @@ class PriorityPreempt:
         self.order = order
         self.victims: dict[int, int] = {}  # victim task id -> the task it makes room for
 
+    @property
+    def preemptive(self) -> bool:
+        """It may return ``Preempt`` (when ``preempt``): the control plane then shows it
+        every pending task, every round."""
+        return self.preempt
+
     def schedule(self, pending: Sequence[TaskInfo], cluster: ClusterState) -> Iterable[Decision]:
         """Return placements by priority, and preemptions for tasks that cannot fit otherwise."""
         self.victims = {v: t for v, t in sorted(self.victims.items())
@@ -58,7 +64,7 @@ class PriorityPreempt:
                 if failed.get(shape, _NEVER) >= task.priority:
                     continue  # an equal task of no lower priority found no victims this call
                 if by_node is None:
-                    by_node = _on_nodes(cluster)
+                    by_node = _OnNodes(cluster)
                 found = self._victims_for(task, cluster, ledger, by_node)
                 if found is None:
                     failed[shape] = max(failed.get(shape, _NEVER), task.priority)
@@ -76,16 +82,15 @@ class PriorityPreempt:
 
     def _victims_for(self, task: TaskInfo, cluster: ClusterState, ledger: Ledger,
                      by_node: dict[str, list[TaskInfo]]) -> tuple[NodeInfo, list[TaskInfo]] | None:
-        started = getattr(cluster, "started_at", None)
         best = None
-        for node in hosts_for(task, cluster):
+        for node in cluster.hosts(task):
             cands = [t for t in by_node.get(node.id, ())
                      if t.priority < task.priority and t.id not in self.victims]
             if not cands:
                 continue
 
             def newest_first(t: TaskInfo) -> tuple[int, float, int]:
-                t0 = started(t.id) if callable(started) else None
+                t0 = cluster.started_at(t.id)
                 return (t.priority, -(t0 if t0 is not None else t.submitted_at), -t.id)
 
             cands.sort(key=newest_first)
@@ -108,21 +113,14 @@ class PriorityPreempt:
         return f"PriorityPreempt(preempt={self.preempt}, order={self.order!r})"
 
 
-def _on_nodes(cluster: ClusterState) -> dict[str, list[TaskInfo]]:
-    tasks_on = getattr(cluster, "tasks_on", None)
-    if callable(tasks_on):
-        return _Lazy(tasks_on)  # type: ignore[return-value]
-    return tasks_by_node(cluster)
-
-
-class _Lazy(dict):
+class _OnNodes(dict):
     """``node id -> running tasks`` fetched on demand from ``cluster.tasks_on``."""
 
-    def __init__(self, fetch) -> None:  # noqa: ANN001
+    def __init__(self, cluster: ClusterState) -> None:
         super().__init__()
-        self._fetch = fetch
+        self._cluster = cluster
 
     def get(self, key, default=None):  # noqa: ANN001, ANN201
         if key not in self:
-            self[key] = self._fetch(key)
+            self[key] = self._cluster.tasks_on(key)
         return self[key]

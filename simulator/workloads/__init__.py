@@ -1,7 +1,9 @@
 """Workloads: arrival processes, DAGs (incl. the seed's patterns), services, QPU jobs, traces.
 
 ``get_workload(name, scale, seed)`` builds the named presets used by the CLI and
-experiments (:data:`WORKLOADS`).
+experiments (:data:`WORKLOADS`). Published traces as downloaded: :class:`PhillyTrace`
+(Microsoft Philly) and :class:`AlibabaPAI` (Alibaba PAI, with its machine table
+as a cluster: :func:`machine_spec_cluster`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from runtime.resources import Resources
+from simulator.workloads.alibaba import AlibabaPAI, machine_spec_cluster
 from simulator.workloads.arrivals import JobMix, QPUJobs, Services
 from simulator.workloads.base import (
     Const,
@@ -31,6 +34,8 @@ from simulator.workloads.dags import (
     map_reduce,
     nested_tree,
 )
+from simulator.workloads.philly import PhillyTrace
+from simulator.workloads.tracefile import CleaningStats, TraceFileError
 from simulator.workloads.traces import (
     ALIBABA_PAI,
     NATIVE,
@@ -41,6 +46,7 @@ from simulator.workloads.traces import (
 )
 
 __all__ = [
+    "AlibabaPAI", "CleaningStats", "PhillyTrace", "TraceFileError", "machine_spec_cluster",
     "ALIBABA_PAI", "Const", "Dag", "DagJobs", "Dist", "Exp", "JobMix", "LogNormal", "Merged",
     "NATIVE", "PHILLY", "QPUJobs", "Services", "Shape", "SimTask", "TraceFormat", "TraceReplay",
     "Uniform", "WORKLOADS", "Workload", "different_functions", "get_workload", "many_models",

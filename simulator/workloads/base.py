@@ -39,18 +39,22 @@ class SimTask:
     speed for ``kind``); a QPU task adds ``shots`` x the device's ``shot_time``.
     ``deps`` are ids of tasks that must finish first (a DAG); ``job`` groups tasks
     into one job for job completion times; ``deadline`` is an SLO in seconds after
-    ``submit``; ``max_retries`` bounds re-runs after node failures.
+    ``submit``; ``max_retries`` bounds re-runs after node failures. ``gang`` (>= 1) is the
+    number of members of a gang job: each member needs ``request`` on one node (members
+    may share a node with room for both), all start together or none does, and all are
+    released together (total demand ``gang`` x ``request``); the engine refuses
+    ``gang`` > 1 until it can place gangs.
     """
 
     __slots__ = ("id", "submit", "duration", "request", "name", "kind", "tenant", "priority",
-                 "accelerator_type", "deps", "job", "max_retries", "deadline", "shots")
+                 "accelerator_type", "deps", "job", "max_retries", "deadline", "shots", "gang")
 
     def __init__(self, id: int, submit: float, duration: float,
                  request: Mapping[str, float] | Resources, name: str = "task", kind: str = "",
                  tenant: str = "default", priority: int = 0,
                  accelerator_type: str | None = None, deps: Sequence[int] = (),
                  job: int | None = None, max_retries: int = 3, deadline: float | None = None,
-                 shots: int = 0) -> None:
+                 shots: int = 0, gang: int = 1) -> None:
         if not (0.0 <= submit < math.inf):
             raise ValueError(f"task {name!r} (id {id}): submit must be a finite time >= 0, "
                              f"got {submit!r}")
@@ -65,6 +69,9 @@ class SimTask:
                              f"got {deadline!r}")
         if shots < 0:
             raise ValueError(f"task {name!r} (id {id}): shots must be >= 0, got {shots!r}")
+        if isinstance(gang, bool) or not isinstance(gang, int) or gang < 1:
+            raise ValueError(f"task {name!r} (id {id}): gang must be an int >= 1 (members), "
+                             f"got {gang!r}")
         self.id = id
         self.submit = float(submit)
         self.duration = float(duration)
@@ -80,6 +87,7 @@ class SimTask:
         self.max_retries = max_retries
         self.deadline = deadline
         self.shots = shots
+        self.gang = gang
 
     def __repr__(self) -> str:
         return (f"SimTask(id={self.id}, name={self.name!r}, submit={self.submit:g}, "

@@ -10,7 +10,8 @@ submit_time     arrival: seconds (any origin: shifted so the first is 0) or a ti
 duration        run time in seconds on a reference device (or give end_time)
 start_time      run start, seconds or a timestamp (with end_time: duration = end - start)
 end_time        end, seconds or a timestamp (duration = end_time - start_time, or
-                end_time - submit_time without a start_time)
+                end_time - submit_time when the file has no start_time column; a row
+                whose start_time cell is empty is skipped, not timed from its submit)
 num_cpus        CPU cores (default 1)
 num_gpus        GPUs (default 0; fractions allowed)
 resources       other resources, ``TPU=1;QPU=1``
@@ -27,10 +28,12 @@ ISO-8601-like timestamps (``2017-10-03 06:33:24``, ``2017-10-03T06:33:24Z``,
 ``...+02:00``); a timestamp without a zone is read as UTC, so replay never depends
 on the machine's time zone. ``None``, ``null``, ``NA`` or an empty cell is missing.
 
-Other formats are read through a :class:`TraceFormat` that maps our column names
-to theirs, with scale factors (``PHILLY`` and ``ALIBABA_PAI`` are given for the
-usual CSV exports of the Microsoft Philly and Alibaba PAI GPU traces; check
-their column names against your copy).
+Other CSV layouts are read through a :class:`TraceFormat` that maps our column
+names to theirs, with scale factors (``PHILLY`` and ``ALIBABA_PAI`` map CSV
+*flattenings* with a header row of the Philly job log and the PAI task table).
+The traces as their owners publish them (Philly's JSON job log, PAI's header-less
+tables) are read by :class:`simulator.workloads.philly.PhillyTrace` and
+:class:`simulator.workloads.alibaba.AlibabaPAI`, with their cleaning rules.
 """
 
 from __future__ import annotations
@@ -75,12 +78,16 @@ class TraceFormat:
 NATIVE = TraceFormat()
 #: Philly (msr-fiddle/philly-traces) job log flattened to CSV: one row per job (or per
 #: attempt); times are timestamp strings such as ``2017-10-03 06:33:24`` (read as UTC).
-#: The duration is ``run_time`` when given, else ``end_time - start_time``.
+#: The duration is ``run_time`` when given, else ``end_time - start_time``. The published
+#: JSON job log is read by :class:`simulator.workloads.philly.PhillyTrace`.
 PHILLY = TraceFormat("philly", columns={"submit_time": "submitted_time", "duration": "run_time",
                                         "start_time": "start_time", "end_time": "end_time",
                                         "num_gpus": "num_gpus", "tenant": "vc",
                                         "job_id": "jobid", "kind": "user"})
-#: Alibaba cluster-trace-gpu-v2020 ``pai_task_table``: plan_cpu/plan_gpu are in percent.
+#: Alibaba cluster-trace-gpu-v2020 ``pai_task_table`` saved with a header row (and a
+#: ``user`` column joined in): plan_cpu/plan_gpu are in percent. The published header-less
+#: tables (0 = missing times, ``inst_num``, the user join) are read by
+#: :class:`simulator.workloads.alibaba.AlibabaPAI`.
 ALIBABA_PAI = TraceFormat("alibaba_pai", columns={
     "submit_time": "start_time", "end_time": "end_time", "num_cpus": "plan_cpu",
     "num_gpus": "plan_gpu", "gpu_type": "gpu_type", "kind": "task_name", "job_id": "job_name",
@@ -155,7 +162,10 @@ class TraceReplay:
                 dur = _num(row, fmt, "duration", None, line)
                 if dur is None:
                     end = _num(row, fmt, "end_time", None, line)
-                    begin = _num(row, fmt, "start_time", submit, line)
+                    # a start column with an empty cell is a missing start: skip the row
+                    # rather than count the queueing before it as run time
+                    has_start = fmt.col("start_time") in row
+                    begin = _num(row, fmt, "start_time", None if has_start else submit, line)
                     dur = None if end is None or begin is None else end - begin
                 if submit is None or dur is None or not (0 <= dur < math.inf) \
                         or not math.isfinite(submit):

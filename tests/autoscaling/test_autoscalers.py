@@ -12,7 +12,8 @@ from runtime.autoscaling import (
     TargetUtilization,
     get_autoscaler,
 )
-from runtime.policies import NodeIndex, get_policy
+from runtime.control import ClusterIndex
+from runtime.policies import get_policy
 
 from ..policies.helpers import task
 
@@ -27,10 +28,10 @@ TYPES = {
 
 
 class Driver:
-    """Enacts decisions on a NodeIndex the way a backend would (booting, then up)."""
+    """Enacts decisions on a ClusterIndex the way a backend would (booting, then up)."""
 
     def __init__(self, types: dict[str, NodeType], register_booting: bool = True) -> None:
-        self.idx = NodeIndex()
+        self.idx = ClusterIndex()
         self.types = types
         self.register = register_booting
         self.booting: list[tuple[float, str]] = []
@@ -62,19 +63,19 @@ class Driver:
 
 def test_demand_packs_into_cheapest_fitting_types_within_max() -> None:
     d = DemandAutoscaler()
-    idx = NodeIndex()
+    idx = ClusterIndex()
     unmet = [task(i, CPU=1, GPU=1) for i in range(5)] + [task(10 + i, CPU=2) for i in range(3)]
     dec = d.decide(unmet, idx, TYPES)
     # GPU tasks: 3 x gpu1 (max_count 3), the other 2 on one gpu4; CPU tasks fit in the room
     # left on those (4 CPU - 1 on each gpu1: 3 x 3 CPU free) -> no cpu node needed
     assert dec.add == {"gpu1": 3, "gpu4": 1}
     assert dec.remove == [] and dec.infeasible == []
-    only_cpu = DemandAutoscaler().decide([task(i, CPU=2) for i in range(5)], NodeIndex(), TYPES)
+    only_cpu = DemandAutoscaler().decide([task(i, CPU=2) for i in range(5)], ClusterIndex(), TYPES)
     assert only_cpu.add == {"cpu": 3}
 
 
 def test_demand_accelerator_type_is_matched() -> None:
-    dec = DemandAutoscaler().decide([task(1, accel="A100", GPU=1)], NodeIndex(), TYPES)
+    dec = DemandAutoscaler().decide([task(1, accel="A100", GPU=1)], ClusterIndex(), TYPES)
     assert dec.add == {"gpu4": 1}
 
 
@@ -99,7 +100,7 @@ def test_demand_does_not_relaunch_for_booting_or_in_flight_nodes() -> None:
 
 def test_infeasible_reported_once_and_never_launched() -> None:
     a = DemandAutoscaler()
-    idx = NodeIndex()
+    idx = ClusterIndex()
     unmet = [task(1, TPU=1), task(2, CPU=64), task(3, CPU=1)]
     first = a.decide(unmet, idx, TYPES)
     assert first.infeasible == [1, 2] and first.add == {"cpu": 1}
@@ -114,7 +115,7 @@ def test_infeasible_reported_once_and_never_launched() -> None:
 def test_idle_timeout_with_hysteresis_and_min_count() -> None:
     for min_count in (1, 0):
         types = {"cpu": NodeType("cpu", {"CPU": 4}, min_count=min_count)}
-        idx = NodeIndex()
+        idx = ClusterIndex()
         for i in range(3):
             idx.add_node(f"n{i}", "cpu", {"CPU": 4})
         a = DemandAutoscaler(idle_timeout=60.0)
@@ -136,7 +137,7 @@ def test_idle_timeout_with_hysteresis_and_min_count() -> None:
 
 
 def test_idle_nodes_kept_when_unmet_work_could_run_there() -> None:
-    idx = NodeIndex()
+    idx = ClusterIndex()
     idx.add_node("n0", "cpu", {"CPU": 4})
     idx.now = 1000.0
     dec = DemandAutoscaler(idle_timeout=1.0).decide([task(1, CPU=2)], idx, TYPES)
@@ -146,20 +147,20 @@ def test_idle_nodes_kept_when_unmet_work_could_run_there() -> None:
 def test_min_and_max_counts_are_clamps() -> None:
     types = {"cpu": NodeType("cpu", {"CPU": 1}, min_count=2, max_count=4)}
     a = DemandAutoscaler()
-    idx = NodeIndex()
+    idx = ClusterIndex()
     dec = a.decide([], idx, types)
     assert dec.add == {"cpu": 2}
-    dec = DemandAutoscaler().decide([task(i) for i in range(10)], NodeIndex(), types)
+    dec = DemandAutoscaler().decide([task(i) for i in range(10)], ClusterIndex(), types)
     assert dec.add == {"cpu": 4} and "max_count" in dec.reason
     # over max: idle surplus goes at once
-    idx = NodeIndex()
+    idx = ClusterIndex()
     for i in range(6):
         idx.add_node(f"n{i}", "cpu", {"CPU": 1})
     assert DemandAutoscaler().decide([], idx, types).remove == ["n0", "n1"]
 
 
 def test_target_scales_up_to_reach_the_target() -> None:
-    idx = NodeIndex()
+    idx = ClusterIndex()
     for i in range(2):
         idx.add_node(f"n{i}", "cpu", {"CPU": 4})
         for j in range(4):
@@ -172,14 +173,14 @@ def test_target_scales_up_to_reach_the_target() -> None:
                                                                     {"cpu": TYPES["cpu"]})
         assert dec.add == {"cpu": 2}  # load 12 / 0.75 = 16 CPU wanted, 8 there
     # below target + tolerance: nothing
-    idx2 = NodeIndex()
+    idx2 = ClusterIndex()
     idx2.add_node("n0", "cpu", {"CPU": 4})
     idx2.allocate(task(1, CPU=3), "n0")
     assert TargetUtilization(target=0.75, tolerance=0.05).decide([], idx2, TYPES).add == {}
 
 
 def test_target_accelerator_demand_goes_to_that_model() -> None:
-    idx = NodeIndex()
+    idx = ClusterIndex()
     idx.add_node("g", "gpu1", {"CPU": 4, "GPU": 1}, {"accelerator_type": "T4"})
     dec = TargetUtilization().decide([task(2, accel="A100", CPU=1, GPU=1)], idx, TYPES)
     assert dec.add == {"gpu4": 1}  # the idle T4 cannot host it; an A100 node can
@@ -190,7 +191,7 @@ def test_target_accelerator_demand_goes_to_that_model() -> None:
 
 def test_target_scale_down_needs_a_sustained_drop() -> None:
     types = {"cpu": NodeType("cpu", {"CPU": 4})}
-    idx = NodeIndex()
+    idx = ClusterIndex()
     for i in range(4):
         idx.add_node(f"n{i}", "cpu", {"CPU": 4})
     a = TargetUtilization(target=0.5, tolerance=0.1, scale_down_delay=60.0)
@@ -211,7 +212,7 @@ def test_target_scale_down_needs_a_sustained_drop() -> None:
 
 def test_target_infeasible_once_and_clamped_to_max() -> None:
     a = TargetUtilization()
-    idx = NodeIndex()
+    idx = ClusterIndex()
     dec = a.decide([task(1, TPU=1)] + [task(10 + i, GPU=1, CPU=1) for i in range(20)],
                    idx, {"gpu1": TYPES["gpu1"]})
     assert dec.infeasible == [1] and dec.add == {"gpu1": 3}
@@ -258,14 +259,14 @@ def test_get_autoscaler_errors_name_the_choices() -> None:
 
 
 def test_idle_clock_survives_fresh_snapshots_and_plain_views() -> None:
-    # a backend that builds a new NodeIndex per decision (its idle clocks restart) and
+    # a backend that builds a new ClusterIndex per decision (its idle clocks restart) and
     # a view that only has the bare ClusterState protocol both age idleness correctly
     from ..policies.test_policies import PlainView
 
     types = {"cpu": NodeType("cpu", {"CPU": 2})}
 
-    def snap(now: float, busy: bool) -> NodeIndex:
-        idx = NodeIndex()
+    def snap(now: float, busy: bool) -> ClusterIndex:
+        idx = ClusterIndex()
         idx.now = now
         idx.add_node("n0", "cpu", {"CPU": 2})
         if busy:

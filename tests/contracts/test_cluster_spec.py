@@ -3,15 +3,14 @@
 import pytest
 
 from runtime.autoscaling import NodeType
-from runtime.cluster_spec import parse_nodes
-from runtime.policies.base import TaskInfo, check_feasible
+from runtime.cluster import TaskInfo, check_feasible, parse_nodes
 from runtime.resources import Resources
 
 
 def test_single_node_from_keywords():
     """num_cpus/num_gpus/resources make one logical node."""
     (g,) = parse_nodes(num_cpus=2, num_gpus=4, resources={"TPU": 2, "QPU": 1})
-    assert g.node_type.resources == {"CPU": 2, "GPU": 4, "TPU": 2, "QPU": 1}
+    assert g.resources == {"CPU": 2, "GPU": 4, "TPU": 2, "QPU": 1}
 
 
 def test_heterogeneous_nodes_with_labels():
@@ -20,8 +19,8 @@ def test_heterogeneous_nodes_with_labels():
         {"name": "a100", "num_cpus": 4, "num_gpus": 1, "accelerator_type": "A100", "count": 2},
         {"name": "cpu", "resources": {"CPU": 2}},
     ])
-    assert [(g.node_type.name, g.count) for g in groups] == [("a100", 2), ("cpu", 1)]
-    assert groups[0].node_type.accelerator_type == "A100"
+    assert [(g.name, g.count) for g in groups] == [("a100", 2), ("cpu", 1)]
+    assert groups[0].accelerator_type == "A100"
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,8 @@ from typing import Any
 
 import psutil
 
+from runtime.backends.dask.connect import TLSFiles  # the PEM files of a TLS cluster
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -51,27 +53,6 @@ class WorkerProc:
     resources: Mapping[str, float]
     proc: subprocess.Popen[bytes]
     log: Path
-
-
-@dataclass(frozen=True)
-class TLSFiles:
-    """PEM files for a TLS cluster: the CA, and one cert + key the processes present."""
-
-    ca_file: Path
-    cert: Path
-    key: Path
-
-    def cli_args(self) -> list[str]:
-        """The ``dask scheduler`` / ``dask worker`` flags that use these files."""
-        return ["--tls-ca-file", str(self.ca_file), "--tls-cert", str(self.cert),
-                "--tls-key", str(self.key)]
-
-    def security(self) -> Any:
-        """A ``distributed.security.Security`` for a client presenting this cert."""
-        from distributed.security import Security
-
-        return Security(tls_ca_file=str(self.ca_file), tls_client_cert=str(self.cert),
-                        tls_client_key=str(self.key), require_encryption=True)
 
 
 @dataclass

@@ -90,7 +90,8 @@ def test_many_short_tasks_with_a_policy_are_all_right_and_use_both_workers(procs
         ctl = runtime.current_backend().control
         assert ctl.prefetch > 0 and ctl.depth(next(iter(ctl._runtime))) >= 1
         # nothing is left held: every slot and every place ahead was given back
-        _wait(lambda: not ctl._alloc and not ctl._ahead_of, what="slots to be released")
+        _wait(lambda: not ctl.index.running() and not ctl.plane.ahead.behind_of,
+              what="slots to be released")
         assert all(n.free == n.total for n in ctl.index.nodes())
 
 
@@ -100,11 +101,11 @@ def test_a_task_sent_ahead_can_be_cancelled_and_never_runs(procs, tmp_path):
         ctl = runtime.current_backend().control
         marker = tmp_path / "ran"
         ahead = touch.remote(str(marker))
-        _wait(lambda: ahead.id in ctl._ahead_of, what="the task to be sent ahead")
+        _wait(lambda: ahead.id in ctl.plane.ahead.behind_of, what="the task to be sent ahead")
         assert runtime.cancel(ahead) is True
         with pytest.raises(runtime.TaskCancelledError):
             runtime.get(ahead, timeout=10)
-        assert ahead.id not in ctl._ahead_of
+        assert ahead.id not in ctl.plane.ahead.behind_of
         for r in sleepers:
             runtime.cancel(r)
         # the threads are free again: a new task runs, the cancelled one did not
@@ -119,7 +120,7 @@ def test_prefetch_off_sends_nothing_ahead(procs):
         ctl = runtime.current_backend().control
         extra = add.remote(2, 3)
         time.sleep(0.3)  # several placement rounds
-        assert not ctl._ahead_of and extra.id in ctl._pending
+        assert ctl.plane.ahead is None and extra.id in ctl.plane.queue
         for r in sleepers:
             runtime.cancel(r)
         assert runtime.get(extra, timeout=30) == 5
@@ -231,12 +232,13 @@ def test_drf_queues_its_choice_behind_running_tasks_and_it_can_be_cancelled(proc
         sleepers = _fill()
         marker = tmp_path / "ran"
         behind = touch.remote(str(marker))
-        _wait(lambda: behind.id in ctl._behind_of, what="the task to be queued behind one")
-        assert ctl._behind_of[behind.id] in {r.id for r in sleepers}
+        _wait(lambda: behind.id in ctl.plane.ahead.behind_of,
+              what="the task to be queued behind one")
+        assert ctl.plane.ahead.behind_of[behind.id] in {r.id for r in sleepers}
         assert runtime.cancel(behind) is True
         with pytest.raises(runtime.TaskCancelledError):
             runtime.get(behind, timeout=10)
-        assert behind.id not in ctl._behind_of
+        assert behind.id not in ctl.plane.ahead.behind_of
         for r in sleepers:
             runtime.cancel(r)
         assert runtime.get(add.remote(2, 2), timeout=30) == 4
@@ -249,7 +251,8 @@ def test_many_short_tasks_with_drf_are_all_right_and_nothing_stays_held(procs):
         ctl = runtime.current_backend().control
         refs = [add.remote(i, 2) for i in range(400)]
         assert runtime.get(refs, timeout=90) == [i + 2 for i in range(400)]
-        _wait(lambda: not ctl._alloc and not ctl._behind, what="slots to be released")
+        _wait(lambda: not ctl.index.running() and not ctl.plane.ahead.behind,
+              what="slots to be released")
         assert all(n.free == n.total for n in ctl.index.nodes())
 
 

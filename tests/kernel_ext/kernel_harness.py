@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -101,6 +102,14 @@ def stream_text(msgs: list[dict[str, Any]], name: str = "stdout") -> str:
     """The concatenated text of the stream messages for ``name``."""
     return "".join(m["content"]["text"] for m in msgs
                    if m["msg_type"] == "stream" and m["content"]["name"] == name)
+
+
+def cell_output(msgs: list[dict[str, Any]], name: str = "stdout") -> str:
+    """``stream_text`` without the cell's own status lines (``%%remote [N]: pending...``,
+    ``...: started on X after waiting``), which appear only when the cell had to wait."""
+    lines = stream_text(msgs, name).splitlines(keepends=True)
+    return "".join(ln for ln in lines if not re.match(r"%%remote \[\d+\]: (pending|started on)",
+                                                      ln))
 
 
 def first(msgs: list[dict[str, Any]], msg_type: str) -> dict[str, Any] | None:

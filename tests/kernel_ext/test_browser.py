@@ -1,4 +1,5 @@
-"""The monitor widget in a real browser: JupyterLab + headless Chromium + Playwright.
+"""The notebook surface in a real browser: JupyterLab + headless Chromium + Playwright
+(the monitor widget, and a matplotlib figure drawn by a %%remote cell on a worker).
 
 Needs ``pip install jupyterlab playwright`` and a system Chromium (``apt-get install
 chromium``; never ``playwright install``). Skipped with the reason when any is missing.
@@ -50,13 +51,20 @@ CELLS = [
 ]
 
 
-def _notebook(path: Path) -> None:
+FIGURE_CELLS = [
+    "%load_ext kernel_ext\n%cluster connect --cpus 1\n1",
+    "%%remote\nimport matplotlib.pyplot as plt\nplt.plot([1, 4, 2])\n"
+    "plt.title('remote figure')\nplt.show()\nprint('drawn on a worker')",
+]
+
+
+def _notebook(path: Path, cells: list[str]) -> None:
     import nbformat
 
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(c) for c in CELLS]
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
     nbformat.write(nb, str(path))
 
 
@@ -68,13 +76,15 @@ def _free_port() -> int:
 
 @pytest.fixture
 def lab(tmp_path):
-    """A private JupyterLab on 127.0.0.1 serving monitor.ipynb; stopped (with its kernels)."""
+    """A private JupyterLab on 127.0.0.1 serving monitor.ipynb and figure.ipynb; stopped
+    (with its kernels)."""
     why = _missing()
     if why:
         pytest.skip(why)
     nbdir = tmp_path / "nb"
     nbdir.mkdir()
-    _notebook(nbdir / "monitor.ipynb")
+    _notebook(nbdir / "monitor.ipynb", CELLS)
+    _notebook(nbdir / "figure.ipynb", FIGURE_CELLS)
     home = tmp_path / "jhome"
     settings = home / "lab-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
@@ -112,6 +122,7 @@ def lab(tmp_path):
                     raise
                 time.sleep(0.1)
         yield {"url": f"http://127.0.0.1:{port}/lab/tree/monitor.ipynb?token={token}",
+               "figure_url": f"http://127.0.0.1:{port}/lab/tree/figure.ipynb?token={token}",
                "children": children, "proc": proc}
     finally:
         try:
@@ -174,6 +185,39 @@ def test_monitor_widget_updates_live_in_the_browser(lab, tmp_path):
             page.wait_for_function("""() => [...document.querySelectorAll(
                 '.nbcluster-monitor .nbc-finished')].some(e => /finished 3\\d/.test(e.textContent))""",
                 timeout=60_000)
+        except BaseException:
+            page.screenshot(path=str(tmp_path / "failure.png"))  # for the post-mortem
+            raise
+        finally:
+            browser.close()
+
+
+def test_remote_figure_shows_in_jupyterlab(lab, tmp_path):
+    """plt.show() in a %%remote cell (on a local worker process) shows the figure as an
+    image in the notebook, between the text around it, not as 'Figure(640x480)'."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        try:
+            page.goto(lab["figure_url"], wait_until="domcontentloaded")
+            page.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=60_000)
+            _wait_idle(page)
+            _run_cell(page, 0)
+            _wait_idle(page)
+            _run_cell(page, 1)
+            out = page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".jp-OutputArea")
+            img = out.locator("img[src^='data:image/png']").first
+            img.wait_for(timeout=60_000)
+            page.wait_for_function("""() => [...document.querySelectorAll(
+                '.jp-OutputArea')].some(e => /drawn on a worker/.test(e.textContent))""",
+                timeout=60_000)
+            box = img.bounding_box()
+            assert box is not None and box["width"] > 200 and box["height"] > 150
+            assert "Figure(" not in out.inner_text()
+            page.screenshot(path=str(tmp_path / "figure.png"))
         except BaseException:
             page.screenshot(path=str(tmp_path / "failure.png"))  # for the post-mortem
             raise

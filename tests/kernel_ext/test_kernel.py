@@ -102,7 +102,7 @@ def test_usage_and_shipping_errors_before_submission(kernel):
     """Unknown flags and unpicklable variables fail in the kernel, naming the problem."""
     msgs = kernel.run("%%remote --frobnicate\nx = 1")
     shown = stream_text(msgs, "stderr")  # IPython shows usage errors as text, no traceback
-    assert "UsageError" in shown and "--frobnicate" in shown and "usage: %remote" in shown
+    assert "UsageError" in shown and "--frobnicate" in shown and "usage: %%remote" in shown
     assert "Traceback" not in shown and first(msgs, "error") is None
     before = kernel.value("len(runtime.current_backend().log.tasks)")
     kernel.value("import threading\nlk = threading.Lock()\n1")

@@ -57,7 +57,8 @@ def test_unknown_flag_is_usage_error(ip, capsys):
     assert isinstance(err, UsageError)
     out = capsys.readouterr()
     text = out.out + out.err
-    assert "usage: %remote [--cpus" in text and "Traceback" not in text
+    assert "usage: %%remote [--cpus" in text and "Traceback" not in text
+    assert "%remote [" not in text.replace("%%remote [", "")  # the cell magic's own name
     assert isinstance(run(ip, "%%remote --cpus -1\nx = 1\n"), UsageError)
     assert "--cpus -1" in (lambda o: o.out + o.err)(capsys.readouterr())
     assert isinstance(run(ip, "%%remote --resources TPU=two\nx = 1\n"), UsageError)

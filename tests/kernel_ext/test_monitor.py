@@ -8,8 +8,8 @@ import pytest
 
 from kernel_ext.monitor import ClusterMonitor, make_monitor, render_html
 from kernel_ext.text import TextMonitor, render_text, snapshot
+from runtime.cluster import NodeInfo
 from runtime.events import ClusterLog, EventBus, EventKind
-from runtime.policies.base import NodeInfo
 from runtime.resources import Resources
 
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from kernel_ext.output import OutputRouter, StreamRelay
+from kernel_ext.output import LabelRelay, OutputRouter, StreamRelay
 
 
 class ParentStream(io.StringIO):
@@ -103,3 +103,113 @@ def test_relay_truncates_runaway_output():
     relay.flush()
     assert len(out.getvalue()) == 100
     assert err.getvalue().count("output truncated") == 1
+
+
+class Publisher:
+    """Records display_data publishes with the thread parent in force (like ipykernel's)."""
+
+    def __init__(self) -> None:
+        self.parent = None
+        self.published: list[tuple[object, dict]] = []
+
+    def set_thread_parent(self, parent):
+        """Set the parent; returns the old one as the reset token."""
+        old, self.parent = self.parent, parent
+        return old
+
+    def reset_thread_parent(self, token):
+        """Restore the parent saved in ``token``."""
+        self.parent = token
+
+    def publish(self, data, metadata=None, transient=None):
+        """Record one display."""
+        self.published.append((self.parent, data))
+
+
+def test_relay_cuts_displays_out_of_stdout_in_order():
+    """A marked display line becomes a display publish between the text around it, also
+    when it arrives in pieces; the cell's parent is set for it."""
+    from kernel_ext.richout import encode
+
+    out, pub = ParentStream(), Publisher()
+    order: list[str] = []
+    out.write = lambda text: (order.append(f"text:{text}"), io.StringIO.write(out, text))[1]
+    pub.publish = lambda data, metadata=None, transient=None: (
+        order.append(f"display:{sorted(data)}"), pub.published.append((pub.parent, data)))
+    relay = StreamRelay({"header": {"msg_id": "cell-2"}}, out, ParentStream(), display_pub=pub)
+    line = encode({"text/html": "<b>x</b>", "text/plain": "x", "image/png": b"\x89PNG"})
+    relay.write("stdout", "before\n" + line[:10])
+    relay.write("stdout", line[10:] + "after\n")
+    relay.flush()
+    assert order == ["text:before\n", "display:['image/png', 'text/html', 'text/plain']",
+                     "text:after\n"]
+    parent, data = pub.published[0]
+    assert parent == {"header": {"msg_id": "cell-2"}} and data["text/html"] == "<b>x</b>"
+    assert data["image/png"] == "iVBORw=="  # bytes travel base64-encoded, as Jupyter wants
+
+
+def test_relay_without_a_publisher_writes_the_plain_text():
+    """In a terminal a display shows its text/plain."""
+    from kernel_ext.richout import encode
+
+    out = io.StringIO()
+    relay = StreamRelay(None, out, io.StringIO())
+    relay.write("stdout", encode({"text/plain": "<Figure>", "image/png": b"x"}))
+    relay.flush()
+    assert out.getvalue() == "<Figure>\n"
+
+
+def test_label_relay_prefixes_each_line():
+    """Every line gets the node label, also a line continued over several writes."""
+    out = io.StringIO()
+    relay = StreamRelay(None, out, io.StringIO())
+    labelled = LabelRelay(relay, "[w1] ")
+    labelled.write("stdout", "a\nb")
+    labelled.write("stdout", "c\nd\n")
+    relay.flush()
+    assert out.getvalue() == "[w1] a\n[w1] bc\n[w1] d\n"
+
+
+@pytest.mark.timeout(20)
+def test_router_sends_nested_output_to_the_root_cell():
+    """Output of a task that names its root (dask) or whose parent chain reaches a routed
+    task (the local backend's parent links) goes to that cell."""
+    backend = HookBackend()
+    backend._children = {7: [70], 70: [700]}
+    out = ParentStream()
+    router = OutputRouter(backend).install()
+    try:
+        router.route(7, StreamRelay(None, out, ParentStream()))
+        backend.on_output(99, "stdout", "via root\n", root=7)
+        backend.on_output(700, "stdout", "grandchild\n")
+        backend.on_output(5, "stdout", "unrelated\n")
+        router.unroute(7)
+    finally:
+        router.uninstall()
+    assert out.getvalue() == "via root\ngrandchild\n"
+    assert backend.default == [(5, "stdout", "unrelated\n")]
+
+
+def test_router_installs_on_a_backend_without_the_hook():
+    """A backend with no on_output (dask) gets one while routed, and loses it after."""
+    class Bare:
+        pass
+
+    b = Bare()
+    router = OutputRouter(b).install()
+    assert b.on_output is router
+    router.uninstall()
+    assert not hasattr(b, "on_output")
+
+
+def test_unrouted_display_falls_back_to_plain_text():
+    """A display from a task no cell routes reaches the backend's hook as its text/plain."""
+    from kernel_ext.richout import encode
+
+    backend = HookBackend()
+    router = OutputRouter(backend).install()
+    try:
+        backend.on_output(3, "stdout", "a\n" + encode({"text/plain": "<HTML>"}) + "b\n")
+    finally:
+        router.uninstall()
+    assert backend.default == [(3, "stdout", "a\n<HTML>\nb\n")]

@@ -1,8 +1,9 @@
-"""Shared builders for policy tests: a NodeIndex by hand, tasks with ids."""
+"""Shared builders for policy tests: a cluster index by hand, tasks with ids."""
 
 from __future__ import annotations
 
-from runtime.policies import NodeIndex, TaskInfo
+from runtime.control import ClusterIndex
+from runtime.policies import TaskInfo
 from runtime.resources import Resources
 
 
@@ -15,9 +16,9 @@ def task(tid: int, tenant: str = "default", priority: int = 0, accel: str | None
                     submitted_at=float(tid if at is None else at), duration_hint=hint)
 
 
-def cluster(*specs: tuple[str, dict], speeds: dict | None = None) -> NodeIndex:
-    """A NodeIndex with nodes ``(id, total)``; a total may hold ``accel`` and ``cost`` keys."""
-    idx = NodeIndex(speeds=speeds)
+def cluster(*specs: tuple[str, dict], speeds: dict | None = None) -> ClusterIndex:
+    """A ClusterIndex with nodes ``(id, total)``; a total may hold ``accel`` and ``cost`` keys."""
+    idx = ClusterIndex(speeds=speeds)
     for nid, total in specs:
         total = dict(total)
         accel = total.pop("accel", None)
@@ -28,7 +29,7 @@ def cluster(*specs: tuple[str, dict], speeds: dict | None = None) -> NodeIndex:
     return idx
 
 
-def apply(idx: NodeIndex, decisions, pending) -> None:  # noqa: ANN001
+def apply(idx: ClusterIndex, decisions, pending) -> None:  # noqa: ANN001
     """Act on decisions as a backend would: validate then allocate / release."""
     from runtime.policies import Place, Preempt, check_placement
 

@@ -429,21 +429,22 @@ def test_runs_inside_a_real_kernel():
 
 def test_policy_preemption_requeues_the_victim(local, tmp_path):
     """A Preempt decision stops a running task; it re-runs later and still succeeds."""
-    from runtime.policies import Preempt
+    from runtime.policies import Ledger, Preempt
 
     class PreemptLow:
         name = "preempt-low"
 
         def schedule(self, pending, cluster):
             out = []
-            for t in pending:
-                fits = list(cluster.fitting(t))
-                if fits:
-                    out.append(Place(t.id, fits[0].id))
-                elif t.priority > 0:
-                    victims = [r for r in cluster.running() if r.priority == 0]
-                    if victims:
-                        out.append(Preempt(victims[0].id))
+            with Ledger(cluster) as ledger:  # what this call placed is not free any more
+                for t in sorted(pending, key=lambda t: (-t.priority, t.id)):
+                    placed = ledger.place(t)
+                    if placed is not None:
+                        out.append(placed)
+                    elif t.priority > 0:
+                        victims = [r for r in cluster.running() if r.priority == 0]
+                        if victims:
+                            out.append(Preempt(victims[0].id))
             return out
 
     @runtime.remote

@@ -127,7 +127,8 @@ def test_sim_duration_callable_of_arguments(sim):
 
 
 def test_events_carry_virtual_time_and_feed_the_status_view(sim):
-    """Subscribers see submitted/started/finished with virtual times; status shows them."""
+    """Subscribers see submitted / the decision round and its placement / started /
+    finished with virtual times; status shows them."""
     b = sim(nodes=NODES)
     seen = []
     rt.subscribe(lambda e: seen.append((e.time, e.kind, e.node)))
@@ -137,7 +138,8 @@ def test_events_carry_virtual_time_and_feed_the_status_view(sim):
         return 1
 
     rt.get(f.remote())
-    assert seen == [(0.0, "task_submitted", None), (0.0, "task_started", "cpu-0"),
+    assert seen == [(0.0, "task_submitted", None), (0.0, "decision_round", None),
+                    (0.0, "task_placed", "cpu-0"), (0.0, "task_started", "cpu-0"),
                     (3.0, "task_finished", "cpu-0")]
     text = repr(rt.ClusterHandle(b))
     assert "sim cluster" in text and "3s (virtual)" in text and "finished 1" in text

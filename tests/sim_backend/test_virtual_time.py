@@ -16,7 +16,7 @@ from tests.sim_backend import toy
 pytestmark = pytest.mark.timeout(60)
 
 #: The toy's trace hash; it changes only when the backend's event stream changes on purpose.
-TOY_GOLDEN_HASH = "d303452c635378491c71eefe5c5308a2eddd756910c5b7110aa591385d44e4ca"
+TOY_GOLDEN_HASH = "f43d205e27952d9a460dc0173a4e9d11779d4509d948972e9ea2e8241fb009e2"
 
 
 def make_fib(duration: float = 1):

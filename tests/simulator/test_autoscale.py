@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from runtime.autoscaling import AUTOSCALERS, ScaleDecision
@@ -108,10 +110,17 @@ class _Unknown:
         return ScaleDecision(add={"gpux": 1})
 
 
-def test_unknown_node_type_raises_policy_error():
-    """Asking for a node type that does not exist raises PolicyError naming the autoscaler."""
-    with pytest.raises(PolicyError, match=r"'typo'.*'gpux'"):
-        Simulation(elastic(), waves()[:2], autoscaler=_Unknown()).run()
+def test_unknown_node_type_is_a_policy_error():
+    """Asking for a node type that does not exist is rejected with a PolicyError naming the
+    autoscaler and the type (as on every backend); nothing is added, the run ends and the
+    GPU tasks (which only a GPU node could run) are still pending, not lost."""
+    sim = Simulation(elastic(), waves()[:2], autoscaler=_Unknown()).run()
+    assert sim.policy_errors
+    for err in sim.policy_errors:
+        assert isinstance(err, PolicyError)
+        assert re.search(r"autoscaler 'typo' asked for unknown node type 'gpux'", str(err))
+    assert sim.scale_ups == 0
+    assert sim.metrics()["finished"] == 0 and sim.pending_count == 2
 
 
 def test_short_idle_dip_removes_nothing():

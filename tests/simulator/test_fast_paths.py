@@ -1,26 +1,27 @@
 """The simulator's fast paths decide exactly what the general paths decide.
 
-``SimClusterState.first_fitting`` (the head of ``fitting``), the Ledger's hold
-hooks on ``SimClusterState``, the engine's per-shape queues for policies that
-declare ``greedy_by_shape`` and the engine's bare heap callbacks.
+The index's ``first_fitting`` (the head of ``fitting``), the Ledger's holds on the
+index, the control plane's per-shape queues for policies that declare
+``greedy_by_shape`` and the engine's bare heap callbacks.
 """
 
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
+from runtime.cluster import Place, TaskInfo
+from runtime.control import ClusterIndex
 from runtime.errors import PolicyError
 from runtime.policies import BestFit, FirstFit, Spread, get_policy
-from runtime.policies.base import Place, TaskInfo
 from runtime.policies.ledger import Ledger
 from runtime.resources import Resources
 from simulator.cluster import ClusterConfig, bench_cluster
 from simulator.devices import DEVICES
 from simulator.engine import Core, Simulation
 from simulator.nodes import NodeSpec
-from simulator.state import SimClusterState
 from simulator.workloads.arrivals import JobMix
 from simulator.workloads.base import Exp, Shape
 
@@ -31,17 +32,17 @@ SHAPES = [Resources({"CPU": 1}), Resources({"CPU": 4}), Resources({"CPU": 1, "GP
           Resources({"CPU": 40})]
 
 
-def _state(nodes: int = 60) -> SimClusterState:
+def _state(nodes: int = 60) -> ClusterIndex:
     cl = bench_cluster(nodes)
-    st = SimClusterState(list(cl.node_specs))
+    st = ClusterIndex()
     for spec in cl.node_specs:
         for i in range(spec.count):
-            st.add_node(f"{spec.name}-{i:06d}", spec, "up", 0.0)
+            st.add_node(f"{spec.name}-{i:06d}", spec, state="up")
     return st
 
 
-def _snapshot(st: SimClusterState) -> tuple:
-    return (sorted((n.id, n.free) for n in st.all_nodes().values()),
+def _snapshot(st: ClusterIndex) -> tuple:
+    return (sorted((n.id, n.free) for n in st.records().values()),
             sorted(st.free_total.items()))
 
 
@@ -62,30 +63,29 @@ def test_first_fitting_is_the_head_of_fitting_in_every_order() -> None:
             assert (got.id if got else None) == (want.id if want else None), (step, order, req)
         node = st.first_fitting(task, rng.choice(["id", "tightest", "loosest"]))  # type: ignore[arg-type]
         if node is not None and rng.random() < 0.7:
-            n = st.sim_node(node.id)
-            st.allocate(task, n, n.group.reqvec(req))
+            n = st.record(node.id)
+            st.allocate_vec(task, n, n.group.reqvec(req))
             running.append((task, node.id))
         if running and rng.random() < 0.3:
             done, nid = running.pop(rng.randrange(len(running)))
-            n = st.sim_node(nid)
-            st.release(done.id, n, n.group.reqvec(done.request))
+            st.release(done.id)
     with pytest.raises(ValueError, match="order="):
         st.first_fitting(TaskInfo(0, "t", SHAPES[0]), "best")  # type: ignore[arg-type]
 
 
 def test_ledger_holds_on_the_sim_state_and_restores_it_exactly() -> None:
-    """The Ledger uses SimClusterState's hooks: holds show within the call, vanish after."""
+    """The Ledger holds on the index itself: holds show within the call, vanish after."""
     st = _state(10)
     before = _snapshot(st)
     big = TaskInfo(1, "t", Resources({"CPU": 20}))
     with Ledger(st) as ledger:
-        assert ledger.holds and not ledger.native
+        assert ledger.owner
         placed = [ledger.place(TaskInfo(i, "t", big.request), "tightest") for i in range(40)]
         # 20 of 32 CPUs per CPU/A100/H100 node: one such task per node, none on 16-CPU nodes
         hosts = [p.node for p in placed if p is not None]
         assert len(hosts) == len(set(hosts)) == 2 + 2 + 2
-        assert st._undo
-    assert st._undo is None
+        assert st.holding
+    assert not st.holding
     assert _snapshot(st) == before
 
 
@@ -94,11 +94,11 @@ def test_a_hold_beyond_free_capacity_clamps_at_zero_and_rolls_back() -> None:
     st = _state(5)
     nid = "cpu-000000"
     before = _snapshot(st)
-    info = st._hold(nid, Resources({"CPU": 100}))
+    info = st.hold(nid, Resources({"CPU": 100}))
     assert info.free.get("CPU", 0.0) == 0.0
-    assert all(v >= 0 for v in st.sim_node(nid).free)
-    st._rollback()
-    assert _snapshot(st) == before and st._undo is None
+    assert all(v >= 0 for v in st.record(nid).free)
+    st.rollback()
+    assert _snapshot(st) == before and not st.holding
 
 
 class _Plain:
@@ -133,7 +133,7 @@ def test_shape_queues_give_the_same_trace_as_per_tenant_queues(name, cls) -> Non
     traces (the per-shape queues change no decision)."""
     fast = _saturated(name)
     plain = _saturated(_Plain(cls()))
-    assert fast._by_shape and not plain._by_shape
+    assert fast.plane.queue.by_shape and not plain.plane.queue.by_shape
     assert fast.metrics()["wait_mean"] > 10  # a real queue built up
     assert fast.metrics()["finished"] == 1500
     assert fast.digest() == plain.digest()
@@ -152,7 +152,8 @@ def test_windowed_greedy_runs_equal_exact_runs_with_dags(name) -> None:
     runs = [Simulation(demo_cluster(), get_workload("hetero_demo"), policy=p, seed=0, **kw).run()
             for p, kw in ((name, {}), (_Plain(get_policy(name)), {}), (name, {"window": None}))]
     fast, plain, exact = runs
-    assert fast._by_shape and not plain._by_shape and not exact._by_shape
+    assert fast.plane.queue.by_shape and not plain.plane.queue.by_shape
+    assert not exact.plane.queue.by_shape
     assert fast.metrics()["wait_mean"] > 1
     assert fast.digest() == plain.digest() == exact.digest()
 
@@ -164,20 +165,27 @@ class _HoldsAndOvershoots:
 
     def schedule(self, pending, cluster):  # noqa: ANN001, ANN201
         node = "cpu-000000"
-        cluster._hold(node, pending[0].request)  # left held on purpose
+        cluster.hold(node, pending[0].request)  # left held on purpose
         return [Place(t.id, node) for t in pending]
 
 
 def test_stray_holds_are_undone_and_over_capacity_is_still_caught() -> None:
-    """Leftover holds are rolled back; a placement over capacity raises naming the policy."""
+    """Leftover holds are rolled back; a placement over capacity fails that task with a
+    PolicyError naming the policy and the task, and the run goes on."""
     cluster = ClusterConfig([NodeSpec("cpu", cpus=2, count=1)], name="tiny")
     wl = JobMix(10, 100.0, [Shape(Resources({"CPU": 1}), "c", Exp(50.0))], burst_size=10)
     sim = Simulation(cluster, wl, policy=_HoldsAndOvershoots(), seed=0, failures=False,
-                     window=None)
-    with pytest.raises(PolicyError, match="overshoot.*over capacity"):
-        sim.run()
-    assert sim.state._undo is None
-    assert all(v >= 0 for v in sim.state.sim_node("cpu-000000").free)
+                     window=None).run()
+    m = sim.metrics(check=True)
+    assert m["finished"] == 2 and m["failed"] == 8, m
+    assert sorted(sim.errors) == sorted(e.task for e in sim.trace.events()
+                                        if e.kind == "task_failed")
+    for tid, err in sim.errors.items():
+        assert isinstance(err, PolicyError)
+        assert re.search(rf"'overshoot' placed task .*\(id {tid}\).*over capacity", str(err))
+    assert len(sim.policy_errors) == 8
+    assert not sim.state.holding
+    assert all(v >= 0 for v in sim.state.record("cpu-000000").free)
 
 
 def test_core_runs_bare_callbacks_beside_simpy_events() -> None:

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(60)
 
 def assert_capacity_restored(sim: Simulation) -> None:
     """Every node's free resources equal its total (exactly) once the run is over."""
-    for n in sim.state.all_nodes().values():
+    for n in sim.state.records().values():
         assert n.free == n.group.total, (n.id, n.free, n.group.total)
         assert not n.tasks
     assert not sim.state._running

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
+from runtime.cluster import TaskInfo, free_score
+from runtime.control import ClusterIndex
 from runtime.policies import POLICIES, Place
-from runtime.policies.base import TaskInfo, free_score
 from runtime.resources import Resources
 from simulator.engine import Simulation
-from simulator.state import SimClusterState
 from simulator.workloads.base import SimTask
 
 from .conftest import mixed_jobs, small_cluster
@@ -27,7 +28,7 @@ def test_every_policy_finishes_work_and_restores_capacity(policy):
     m = sim.metrics()
     assert m["finished"] == 300, m
     assert m["policy"] == sim.policy_name
-    for n in sim.state.all_nodes().values():
+    for n in sim.state.records().values():
         assert n.free == n.group.total
     assert 0 < m["util_GPU"] <= 1.0 and 0 < m["util_CPU"] <= 1.0
 
@@ -64,7 +65,7 @@ def test_user_policy_object_runs():
     assert sjf.metrics()["wait_mean"] <= fifo.metrics()["wait_mean"] * 1.05
 
 
-def _brute(state: SimClusterState, task: TaskInfo, order: str) -> list[str]:
+def _brute(state: ClusterIndex, task: TaskInfo, order: str) -> list[str]:
     nodes = [n for n in state.nodes() if n.state == "up" and task.request.fits(n.free)
              and (task.accelerator_type is None or n.accelerator_type == task.accelerator_type)
              and state.speed(task, n) > 0]
@@ -80,11 +81,11 @@ def _brute(state: SimClusterState, task: TaskInfo, order: str) -> list[str]:
 def test_fitting_orders_match_brute_force():
     """fitting(task, order) lists exactly the nodes a full scan would, in the same order."""
     cluster = small_cluster(cpu={"count": 6}, v100={"count": 5})
-    state = SimClusterState(list(cluster.node_specs))
+    state = ClusterIndex()
     rng = random.Random(0)
     for spec in cluster.initial_nodes():
-        k = sum(1 for n in state.all_nodes().values() if n.spec.name == spec.name)
-        state.add_node(f"{spec.name}-{k:06d}", spec, "up", 0.0)
+        k = sum(1 for n in state.records().values() if n.spec.name == spec.name)
+        state.add_node(f"{spec.name}-{k:06d}", spec, state="up")
     shapes = [Resources({"CPU": 1}), Resources({"CPU": 2, "GPU": 1}), Resources({"CPU": 1, "GPU": 2})]
     tid = 0
     for _ in range(300):
@@ -92,14 +93,12 @@ def test_fitting_orders_match_brute_force():
         task = TaskInfo(tid, "t", req, kind="train")
         cands = list(state.fitting(task, "id"))
         if cands and rng.random() < 0.6:
-            n = state.sim_node(rng.choice(cands).id)
-            state.allocate(task, n, n.group.reqvec(req))
+            n = state.record(rng.choice(cands).id)
+            state.allocate_vec(task, n, n.group.reqvec(req))
             tid += 1
-        elif state._running:
-            victim = rng.choice(sorted(state._running))
-            info, nid = state._running[victim]
-            n = state.sim_node(nid)
-            state.release(victim, n, n.group.reqvec(info.request))
+        elif state.running():
+            victim = rng.choice([t.id for t in state.running()])
+            state.release(victim)
         for probe in shapes:
             for acc in (None, "A100"):
                 t = TaskInfo(10_000, "p", probe, kind="train", accelerator_type=acc)
@@ -139,19 +138,24 @@ def test_priority_policy_preempts_in_simulation():
     assert sum(e.kind == "task_preempted" for e in ev) == 1
     m = sim.metrics()
     assert m["finished"] == 3 and m["preemptions"] == 1
-    assert sim.state.sim_node("n-000000").free == (2.0,)
+    assert sim.state.record("n-000000").free == (2.0,)
 
 
-def test_bad_preempt_decision_raises():
-    """Preempting a task that is not running raises PolicyError naming the policy."""
+def test_bad_preempt_decision_is_rejected_naming_the_policy():
+    """Preempting a task that is not running is rejected with a PolicyError naming the policy
+    and the task id (as on every backend); the run stays usable."""
+    from runtime.cluster import Place, Preempt
     from runtime.errors import PolicyError
-    from runtime.policies.base import Preempt
 
     class Wild:
         name = "wild"
 
         def schedule(self, pending, cluster):
-            return [Preempt(999)]
+            node = next(cluster.fitting(pending[0]))
+            return [Preempt(999), Place(pending[0].id, node.id)]
 
-    with pytest.raises(PolicyError, match=r"'wild'.*999"):
-        Simulation(small_cluster(), [SimTask(0, 0.0, 1.0, {"CPU": 1})], policy=Wild()).run()
+    sim = Simulation(small_cluster(), [SimTask(0, 0.0, 1.0, {"CPU": 1})], policy=Wild()).run()
+    (err,) = sim.policy_errors
+    assert isinstance(err, PolicyError)
+    assert re.search(r"'wild' preempted task id 999 which is not a running task", str(err))
+    assert sim.metrics()["finished"] == 1  # the good decision of the same round stands

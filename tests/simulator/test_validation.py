@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
+from runtime.cluster import Place
 from runtime.errors import PolicyError
-from runtime.policies.base import Place
 from simulator.cluster import ClusterConfig
 from simulator.devices import DeviceType, Window
 from simulator.engine import Simulation
@@ -106,24 +107,30 @@ class _BadPolicy:
     ("nowhere-1", "unknown node"),
     ("cpu-000000", "accelerator|GPU"),
 ])
-def test_bad_placements_raise_policy_error(node, what):
-    """A policy that places on an unknown node or one lacking the GPU raises PolicyError."""
+def test_bad_placements_fail_the_task_with_a_policy_error(node, what):
+    """A policy that places on an unknown node or one lacking the GPU fails that task with a
+    PolicyError naming the policy, the task and the reason; the run ends cleanly."""
     sim = Simulation(small_cluster(), [SimTask(0, 0.0, 1.0, {"CPU": 1, "GPU": 1}, name="trainer",
                                                accelerator_type="V100")],
-                     policy=_BadPolicy(node))
-    with pytest.raises(PolicyError, match=rf"'bad'.*'trainer'|'bad'.*{what}") as exc:
-        sim.run()
-    assert "bad" in str(exc.value)
+                     policy=_BadPolicy(node)).run()
+    err = sim.errors[0]
+    assert isinstance(err, PolicyError)
+    assert re.search(rf"'bad' placed task 'trainer' \(id 0\).*({what})", str(err)), str(err)
+    assert sim.metrics()["failed"] == 1 and sim.policy_errors == [err]
 
 
-def test_over_capacity_placement_raises():
-    """Placing more than a node has raises PolicyError naming policy and task; nothing went negative."""
+def test_over_capacity_placement_fails_that_task():
+    """Placing more than a node has fails that task with a PolicyError naming policy and task;
+    the one that fitted runs; nothing went negative."""
     tasks = [SimTask(i, 0.0, 10.0, {"CPU": 3}, name=f"big{i}") for i in range(2)]
     sim = Simulation(small_cluster(), tasks, policy=_BadPolicy("cpu-000000"))
-    with pytest.raises(PolicyError, match=r"'bad'.*'big1'.*over capacity"):
-        sim.run()
+    sim.run(until=5.0)
     node = sim.state.node("cpu-000000")
     assert node.free["CPU"] == 1.0
+    assert list(sim.errors) == [1]
+    assert re.search(r"'bad' placed task 'big1' \(id 1\).*over capacity", str(sim.errors[1]))
+    sim.run()
+    assert sim.metrics()["finished"] == 1 and sim.metrics()["failed"] == 1
 
 
 def test_infeasible_request_fails_task_fast(cluster):

@@ -12,10 +12,17 @@ from typing import Any
 
 from runtime.backends.dask.backend import DaskBackend
 from runtime.backends.dask.common import ACCELERATOR_PREFIX, task_key, worker_shape
-from runtime.backends.dask.connect import SCHEMES, DaskConnectionError, check_timeout, connect
+from runtime.backends.dask.connect import (
+    SCHEMES,
+    DaskConnectionError,
+    TLSFiles,
+    check_timeout,
+    connect,
+    make_tls,
+)
 
 __all__ = ["make_backend", "DaskBackend", "DaskConnectionError", "SCHEMES", "ACCELERATOR_PREFIX",
-           "task_key", "worker_shape"]
+           "task_key", "worker_shape", "make_tls", "TLSFiles"]
 
 _UNUSED = ("num_cpus", "num_gpus", "resources", "nodes")
 

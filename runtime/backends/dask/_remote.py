@@ -6,13 +6,17 @@ promises Ray's semantics (application errors are retried only when
 retries application errors itself, turns them into :func:`make_task_error`
 errors that keep the remote traceback, reports start and end on the
 ``nbcluster`` event topic (so the driver's event stream knows where and when a
-task ran), and installs a worker-side backend so nested ``runtime.get`` /
-``.remote()`` inside a task talk to dask.
+task ran), forwards the task's ``print`` output on the same topic (``"out"``
+events: the driver's ``on_output`` hook routes them, as on the local backend;
+nested tasks carry their root task's id in a dask annotation), and installs a
+worker-side backend so nested ``runtime.get`` / ``.remote()`` inside a task talk
+to dask.
 """
 
 from __future__ import annotations
 
 import ctypes
+import sys
 import threading
 import time
 import traceback
@@ -25,7 +29,7 @@ import cloudpickle
 from runtime.errors import ActorDiedError, SerializationError, TaskCancelledError, make_task_error
 
 __all__ = ["TOPIC", "run_task", "create_actor", "call_actor", "drop_actor", "drop_actors",
-           "skip_actor_call",
+           "skip_actor_call", "forward_output",
            "interrupt_task", "in_task_thread", "seceded", "worker_backend", "node_name"]
 
 #: The dask event topic the wrapper reports on (``client.subscribe_topic``).
@@ -48,19 +52,26 @@ def session() -> str:
     return getattr(_current, "session", None) or ""
 
 
+#: The backend class a worker installs: ``DaskBackend``, registered by ``backend.py``
+#: (the package imports it before this module runs any task; no import cycle).
+BACKEND_CLASS: Any = None
+
+
 def worker_backend() -> Any:
     """The backend ``runtime`` uses in this process, installing a dask one on first use.
 
     On first use it also makes ``time.sleep`` inside task threads cancellable.
     """
-    from runtime import api
-    from runtime.backends.dask.backend import DaskBackend
+    from runtime import session
 
-    b = api._backend_or_none()
+    DaskBackend = BACKEND_CLASS  # noqa: N806 - a class
+    if DaskBackend is None:
+        raise RuntimeError("runtime.backends.dask was not imported on this worker")
+    b = session.backend_or_none()
     if isinstance(b, DaskBackend):
         return b
     with _lock:
-        b = api._backend_or_none()
+        b = session.backend_or_none()
         if isinstance(b, DaskBackend):
             return b
         from distributed import get_client
@@ -69,7 +80,7 @@ def worker_backend() -> Any:
             time.sleep = _cancellable_sleep
         nb = DaskBackend(get_client(), role="worker")
         if b is None:
-            api._set_backend(nb)
+            session.set_backend(nb)
         return nb
 
 
@@ -121,6 +132,9 @@ def seceded() -> Iterator[None]:
 
 
 def _log(worker: Any, msg: dict[str, Any]) -> None:
+    attempt = getattr(_current, "attempt", 0)
+    if attempt and "x" not in msg and msg.get("t") == getattr(_current, "task_id", None):
+        msg["x"] = attempt  # which attempt of the task this is (the driver drops stale ones)
     try:
         worker.log_event(TOPIC, msg)
     except Exception:  # noqa: BLE001 - events must never break a task
@@ -179,10 +193,12 @@ def _invoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any
                         max_retries < 0 or tries < max_retries):
                     tries += 1
                     _flush_start(worker, task_id)
+                    _flush_output()
                     _log(worker, {"e": "retry", "t": task_id, "w": node, "n": tries,
                                   "why": type(exc).__name__})
                     continue
                 _flush_start(worker, task_id)
+                _flush_output()
                 _log(worker, {"e": "fail", "t": task_id, "w": node,
                               "err": type(exc).__name__})
                 raise _task_error(exc, name, task_id, node) from None
@@ -196,27 +212,38 @@ def run_task(fn: Callable[..., Any], meta: tuple[Any, ...], args: tuple[Any, ...
              kwargs: dict[str, Any]) -> Any:
     """Run one task attempt on this worker (dask calls this; ``meta`` comes from the driver).
 
-    ``meta`` is ``(task id, name, retry_exceptions, max_retries, request dict, session)``.
+    ``meta`` is ``(task id, name, retry_exceptions, max_retries, request dict, session)``,
+    optionally followed by the attempt number (a task moved or preempted by the driver runs
+    again as a new attempt; events carry it as ``"x"`` so stale ones can be dropped).
     """
     from distributed import get_worker
 
-    task_id, name, retry, max_retries, request, session = meta
+    task_id, name, retry, max_retries, request, session, *rest = meta
+    attempt = rest[0] if rest else 0
     worker = get_worker()
     node = node_name(worker)
     worker_backend()
-    _defer_start(worker, {"e": "start", "t": task_id, "n": name, "w": node, "r": request})
+    start = {"e": "start", "t": task_id, "n": name, "w": node, "r": request}
+    if attempt:
+        start["x"] = attempt
+    _defer_start(worker, start)
     outer = getattr(_current, "session", None)
+    outer_attempt = getattr(_current, "attempt", 0)
     _current.session = session
+    _current.attempt = attempt
     try:
-        result = _invoke(fn, args, kwargs, task_id=task_id, name=name, node=node,
-                         worker=worker, retry=retry, max_retries=max_retries)
+        with forward_output(worker, task_id, _root_task(worker, task_id)):
+            result = _invoke(fn, args, kwargs, task_id=task_id, name=name, node=node,
+                             worker=worker, retry=retry, max_retries=max_retries)
     except BaseException:
         _flush_start(worker, task_id)
         _began.pop(task_id, None)
+        _current.attempt = outer_attempt
         raise
     finally:
         _current.session = outer
-    _end(worker, task_id, node)
+    _end(worker, task_id, node, attempt)
+    _current.attempt = outer_attempt
     return result
 
 
@@ -263,7 +290,7 @@ def _flush_start(worker: Any, task_id: int) -> None:
         _log(worker, msg)
 
 
-def _end(worker: Any, task_id: int, node: str) -> None:
+def _end(worker: Any, task_id: int, node: str, attempt: int = 0) -> None:
     """Report the end and how long the task ran (``d``, seconds: sizes the driver's
     prefetch depth)."""
     now = time.monotonic()
@@ -271,7 +298,10 @@ def _end(worker: Any, task_id: int, node: str) -> None:
         start = _starts.pop(task_id, None)
         t0 = _began.pop(task_id, now)
     if start is None:
-        _log(worker, {"e": "end", "t": task_id, "w": node, "d": now - t0})
+        msg = {"e": "end", "t": task_id, "w": node, "d": now - t0}
+        if attempt:
+            msg["x"] = attempt
+        _log(worker, msg)
     else:
         _log(worker, {**start, "e": "done", "d": now - t0})
 
@@ -292,6 +322,145 @@ def interrupt_task(task_id: int) -> bool:
 def interrupt_tasks(task_ids: list[int]) -> int:
     """Interrupt each of ``task_ids`` running here; returns how many were."""
     return sum(interrupt_task(t) for t in task_ids)
+
+
+# ---------------------------------------------------------------------------
+# output: a task's prints travel to the driver as "out" events on TOPIC
+# ---------------------------------------------------------------------------
+
+#: Seconds a task's output gathers before it is sent (a flood becomes a few events;
+#: a partial line, such as a ``\r`` progress bar, still arrives within this).
+OUT_FLUSH_S = 0.05
+#: Characters buffered per task before they are sent at once.
+OUT_MAX_BUFFER = 64 * 1024
+#: The dask annotation naming the root task of nested tasks (their output's cell).
+ROOT_ANNOTATION = "nbcluster_root"
+_outputs: set[_TaskOutput] = set()
+_out_lock = threading.Lock()
+_out_flusher: list[threading.Thread] = []
+
+
+class _TaskOutput:
+    """One running task's buffered output; sent as ``{"e": "out", ...}`` events."""
+
+    def __init__(self, worker: Any, task_id: Any, root: Any) -> None:
+        self.worker = worker
+        self.task_id = task_id
+        self.root = root
+        self.chunks: list[tuple[str, str]] = []
+        self.size = 0
+        self.lock = threading.Lock()
+
+    def write(self, stream: str, text: str) -> None:
+        with self.lock:
+            if self.chunks and self.chunks[-1][0] == stream:
+                self.chunks[-1] = (stream, self.chunks[-1][1] + text)
+            else:
+                self.chunks.append((stream, text))
+            self.size += len(text)
+            full = self.size >= OUT_MAX_BUFFER
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            chunks, self.chunks, self.size = self.chunks, [], 0
+        for stream, text in chunks:
+            msg = {"e": "out", "t": self.task_id, "s": stream, "x": text}
+            if self.root is not None and self.root != self.task_id:
+                msg["r"] = self.root
+            _log(self.worker, msg)
+
+
+class _ThreadStream:
+    """``sys.stdout``/``sys.stderr`` of a worker process: text written by a task thread
+    goes to that task's :class:`_TaskOutput`, anything else to the original stream."""
+
+    def __init__(self, original: Any, name: str) -> None:
+        self._original = original
+        self._name = name
+
+    def write(self, text: str) -> int:
+        out = getattr(_current, "out", None)
+        if out is None:
+            return self._original.write(text)
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        out.write(self._name, text)
+        return len(text)
+
+    def flush(self) -> None:
+        out = getattr(_current, "out", None)
+        if out is not None:
+            out.flush()
+        else:
+            self._original.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._original, name)
+
+
+def _flush_outputs_loop() -> None:
+    tick = threading.Event()
+    while True:
+        tick.wait(OUT_FLUSH_S)
+        with _out_lock:
+            outs = list(_outputs)
+        for out in outs:
+            if out.chunks:
+                out.flush()
+
+
+def _install_streams() -> None:
+    with _out_lock:
+        for name in ("stdout", "stderr"):
+            if not isinstance(getattr(sys, name), _ThreadStream):
+                setattr(sys, name, _ThreadStream(getattr(sys, name), name))
+        if not _out_flusher:
+            t = threading.Thread(target=_flush_outputs_loop, name="nbcluster-output",
+                                 daemon=True)
+            _out_flusher.append(t)
+            t.start()
+
+
+def _root_task(worker: Any, task_id: Any) -> Any:
+    """The root task of the running one: its annotation (nested tasks), else itself."""
+    try:
+        from distributed.worker import thread_state
+
+        ts = worker.state.tasks.get(getattr(thread_state, "key", None))
+        ann = (ts.annotations or {}) if ts is not None else {}
+        return ann.get(ROOT_ANNOTATION, task_id)
+    except Exception:  # noqa: BLE001 - no annotation: the task is its own root
+        return task_id
+
+
+@contextmanager
+def forward_output(worker: Any, task_id: Any, root: Any = None) -> Iterator[None]:
+    """Send what this thread prints to the driver as ``task_id``'s output (``root``: the
+    task whose cell shows it); tasks submitted meanwhile inherit ``root``."""
+    import dask
+
+    _install_streams()
+    prev = getattr(_current, "out", None)
+    out = _TaskOutput(worker, task_id, root)
+    _current.out = out
+    with _out_lock:
+        _outputs.add(out)
+    try:
+        with dask.annotate(**{ROOT_ANNOTATION: root if root is not None else task_id}):
+            yield
+    finally:
+        _current.out = prev
+        with _out_lock:
+            _outputs.discard(out)
+        out.flush()
+
+
+def _flush_output() -> None:
+    out = getattr(_current, "out", None)
+    if out is not None:
+        out.flush()
 
 
 # ---------------------------------------------------------------------------
@@ -424,8 +593,9 @@ def call_actor(session: str, actor_id: int, generation: int, caller: str, seq: i
     outer = getattr(_current, "session", None)
     _current.session = session
     try:
-        result = _invoke(getattr(box.instance, method), args, kwargs, task_id=call_id, name=name,
-                         node=node, worker=worker, retry=False, max_retries=0)
+        with forward_output(worker, call_id, _root_task(worker, call_id)):
+            result = _invoke(getattr(box.instance, method), args, kwargs, task_id=call_id,
+                             name=name, node=node, worker=worker, retry=False, max_retries=0)
     finally:
         _current.session = outer
         _end_turn(box, caller)

@@ -8,17 +8,24 @@ worker dies, the actor is rebuilt by its constructor on another worker (up to
 ``max_restarts``): the call that was running fails with ``ActorDiedError``
 (unless ``max_task_retries`` allows a re-run) and queued calls run, in order, on
 the new instance.
+
+Under repeated worker deaths (even of workers still starting) restarts run one at
+a time per actor, a constructor that loses its worker is tried again (a restart,
+counted against ``max_restarts``), and a finished call whose result died with the
+actor's worker fails with ``ObjectLostError`` instead of waiting for dask to
+recompute it on a worker that no longer exists (see :mod:`.recovery`).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from runtime.backends.dask import _remote
-from runtime.backends.dask.common import _Task, dask_resources, task_key
-from runtime.errors import ActorDiedError
+from runtime.backends.dask.common import NO_VALUE, _Task, dask_resources, task_key
+from runtime.errors import ActorDiedError, NBClusterError
 from runtime.events import EventKind
 from runtime.refs import ObjectRef
 from runtime.resources import Resources
@@ -27,7 +34,11 @@ if TYPE_CHECKING:
     from runtime.backends.base import ActorSpec
     from runtime.backends.dask.backend import DaskBackend
 
-__all__ = ["ActorManager"]
+__all__ = ["ActorManager", "KEEP_BYTES"]
+
+#: Finished actor results up to this size are fetched to the driver at once (as Ray's
+#: owner keeps small returns), so they survive the death of the actor's worker.
+KEEP_BYTES = 1 << 20
 
 
 class _Actor:
@@ -47,6 +58,7 @@ class _Actor:
         self.calls: dict[int, _Task] = {}  # not yet known done, in submission order
         self.lock = threading.RLock()
         self.ready = threading.Condition(self.lock)
+        self.restart_lock = threading.Lock()  # one restart at a time
 
 
 class ActorManager:
@@ -83,34 +95,65 @@ class ActorManager:
             key=f"{task_key(spec.name, actor.id, self.b.session)}-actor-g{actor.generation}",
             resources=res or None, retries=0, workers=[addr] if addr else None,
             allow_other_workers=False)
+        actor.create_fut._nbc_addr = addr
         actor.addr = None
         actor.node = None
 
-    def _ensure_ready(self, actor: _Actor, timeout: float | None = None) -> None:
-        """Wait for the constructor (first call only); a failing one kills the actor.
-
-        With ``timeout``, give up waiting after that many seconds (``kill``).
-        """
-        if actor.addr is not None or actor.dead is not None:
-            return
-        fut = actor.create_fut
-        try:
-            addr = fut.result(timeout=timeout)
-        except TimeoutError:
-            if timeout is None:
+    def _ensure_ready(self, actor: _Actor, timeout: float | None = None) -> str:
+        """Wait for the constructor: ``"ready"``, ``"dead"`` (it raised, or the actor died),
+        ``"lost"`` (its worker died first: restart it) or ``"timeout"`` (``kill``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if actor.dead is not None:
+                return "dead"
+            if actor.addr is not None:
+                return "ready"
+            fut = actor.create_fut
+            if fut is None:  # a restart is between two constructors, or none runs
+                if not actor.restart_lock.locked():
+                    return "lost"
+                with actor.lock:
+                    actor.ready.wait(0.05)
+                continue
+            step = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            try:
+                addr = fut.result(timeout=max(step, 0.01))
+            except TimeoutError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return "timeout"
+                if fut.status == "lost" or self._pinned_to_the_dead(fut):
+                    return "lost"
+                continue
+            except (KeyboardInterrupt, SystemExit):
                 raise
-            return
-        except Exception as exc:  # noqa: BLE001 - constructor error or worker loss
+            except BaseException as exc:  # noqa: BLE001 - constructor error or worker loss
+                if actor.create_fut is not fut:
+                    continue  # replaced by a restart: wait for the new one
+                if not isinstance(exc, NBClusterError):
+                    return "lost"  # KilledWorker, cancelled with its worker...
+                with actor.lock:
+                    if actor.create_fut is fut:
+                        actor.dead = ActorDiedError(f"{actor.name} (id {actor.id})",
+                                                    f"its constructor failed: {exc}")
+                self._publish(actor)
+                return "dead"
+            node = self._node_of(addr)
             with actor.lock:
                 if actor.create_fut is fut:
-                    actor.dead = ActorDiedError(f"{actor.name} (id {actor.id})",
-                                                f"its constructor failed: {exc}")
-            self._publish(actor)
-            return
-        with actor.lock:
-            if actor.create_fut is fut:
-                actor.addr = addr
-                actor.node = self._node_of(addr)
+                    # drop the future: dask must not re-run the constructor by itself
+                    # if this worker dies (the restart logic does, in order)
+                    actor.create_fut = None
+                    if node is None or addr not in set(self.b._addr_of.values()):
+                        return "lost"  # its worker died before any call could reach it
+                    actor.addr = addr
+                    actor.node = node
+                    actor.ready.notify_all()
+            return "ready" if actor.dead is None else "dead"
+
+    def _pinned_to_the_dead(self, fut: Any) -> bool:
+        """Whether a constructor pinned to a worker (a policy's choice) lost that worker."""
+        addr = getattr(fut, "_nbc_addr", None)
+        return addr is not None and addr not in set(self.b._addr_of.values())
 
     def _node_of(self, addr: str) -> str | None:
         node = self.b._name_of.get(addr)
@@ -132,20 +175,26 @@ class ActorManager:
         cid = self.b.next_id()
         name = f"{actor.name}.{method}"
         args2, kwargs2 = self.b._prepare_args(name, args, kwargs)
-        task = _Task(cid, name, getattr, args2, kwargs2, Resources(), {}, 0, False,
+        # max_retries: how often the call may start again (a worker death mid-call)
+        task = _Task(cid, name, getattr, args2, kwargs2, Resources(), {},
+                     actor.spec.max_task_retries, False,
                      spec_info(actor.spec, cid, self.b.now(), name))
         task.actor = [aid, 0, 0, method]
         ref = ObjectRef(cid, self.b, name)
         self.b._tasks[cid] = task
         self.b.events.emit(self.b.now(), EventKind.TASK_SUBMITTED, cid, None, name=name,
                            resources={})
-        self._ensure_ready(actor)
+        while self._ensure_ready(actor) == "lost":
+            self._lost(actor, None, None)
         with actor.lock:
             if actor.dead is not None:
                 self.b._fail(cid, actor.dead)
                 return ref
             actor.calls[cid] = task
-            self._submit_call(actor, task)
+            if actor.addr is not None:
+                self._submit_call(actor, task)
+            else:  # a restart began meanwhile: it sends the queued calls, in order
+                task.placed = False
         return ref
 
     def _submit_call(self, actor: _Actor, task: _Task) -> None:
@@ -155,6 +204,8 @@ class ActorManager:
         key = task_key(task.name, task.id, self.b.session)
         if actor.generation:
             key += f"-g{actor.generation}"
+        task.addr = actor.addr  # its result will live there
+        task.done_once = False
         fut = self.b.client.submit(
             _remote.call_actor, self.b.session, actor.id, actor.generation, "driver", seq,
             task.id, task.actor[3],
@@ -162,9 +213,59 @@ class ActorManager:
             allow_other_workers=False, retries=0)
         with self.b._lock:
             self.b._futs[task.id] = fut
+            self.b._key_ids[key] = task.id  # dependants find its latest attempt
             task.placed = True
             self.b._cond.notify_all()
-        fut.add_done_callback(lambda _f, a=actor, t=task.id: a.calls.pop(t, None))
+
+        def done(f: Any, a: _Actor = actor, t: _Task = task) -> None:
+            if self.b._futs.get(t.id) is not f:
+                return  # a stale attempt (cancelled by a restart)
+            if f.status == "finished":
+                t.done_once = True
+                self._keep(f, t)
+            a.calls.pop(t.id, None)
+
+        fut.add_done_callback(done)
+
+    def _keep(self, fut: Any, task: _Task) -> None:
+        """Fetch a small finished result to the driver in the background."""
+        client = self.b.client
+
+        async def fetch() -> None:
+            try:
+                sizes = await client.scheduler.nbytes(keys=[fut.key], summary=False)
+                if (sizes or {}).get(fut.key, KEEP_BYTES + 1) > KEEP_BYTES:
+                    return
+                values = await client._gather([fut])
+                if self.b._futs.get(task.id) is fut:
+                    task.value = values[0]
+            except Exception:  # noqa: BLE001 - the worker died first: see rerun()
+                pass
+
+        try:
+            client.loop.add_callback(fetch)
+        except Exception:  # noqa: BLE001 - closing
+            pass
+
+    def rerun(self, task: _Task) -> bool:
+        """A finished call's result died with its worker before the driver kept it: run
+        the call again when ``max_task_retries`` allows (False: it does not)."""
+        actor = self._actors.get(task.actor[0])
+        if actor is None or actor.dead is not None or task.value is not NO_VALUE:
+            return False
+        retries = actor.spec.max_task_retries
+        if retries == 0 or (retries > 0 and task.extra >= retries):
+            return False
+        task.extra += 1
+        with actor.lock:
+            task.done_once = False
+            task.placed = False
+            actor.calls[task.id] = task
+            with self.b._lock:
+                self.b._futs.pop(task.id, None)
+            if actor.addr is not None:
+                self._submit_call(actor, task)  # else the running restart sends it
+        return True
 
     def cancel_call(self, task: _Task) -> None:
         """Let later calls pass a cancelled call that has not run."""
@@ -199,7 +300,10 @@ class ActorManager:
         if no_restart:
             self._die(actor, ActorDiedError(f"{actor.name} (id {aid})", "it was killed"))
         else:
-            self._restart(actor, running=None)
+            with actor.restart_lock:
+                restarted = self._restart(actor, running=None)
+            if not restarted:
+                self._lost(actor, None, None)
 
     def _publish(self, actor: _Actor) -> None:
         """Tell callers in other tasks where the actor lives (scheduler metadata)."""
@@ -230,21 +334,43 @@ class ActorManager:
         for actor in list(self._actors.values()):
             if actor.dead is not None or actor.node != node_id:
                 continue
-            running = [t for t in actor.calls.values() if t.id in self.b._running
-                       or self.b._tasks.get(t.id) is t and t.attempts > 0]
-            threading.Thread(target=self._lost, args=(actor, running[0] if running else None),
+            # calls run strictly in order, so the first unfinished call sent there was
+            # running (or about to): its start event may have died with the worker
+            sent = [t for t in actor.calls.values() if t.placed and not t.done_once]
+            running = next((t for t in sent if t.id in self.b._running or t.attempts > 0),
+                           sent[0] if sent else None)
+            threading.Thread(target=self._lost, args=(actor, running, node_id, actor.addr),
                              name="nbcluster-actor-restart", daemon=True).start()
 
-    def _lost(self, actor: _Actor, running: _Task | None) -> None:
-        spec = actor.spec
-        if spec.max_restarts >= 0 and actor.restarts >= spec.max_restarts:
-            self._die(actor, ActorDiedError(f"{actor.name} (id {actor.id})",
-                                            f"its worker {actor.node} died and max_restarts="
-                                            f"{spec.max_restarts} restart(s) are used up"))
-            return
-        self._restart(actor, running)
+    def _lost(self, actor: _Actor, running: _Task | None, node_id: str | None,
+              addr: str | None = None) -> None:
+        """The actor's worker died (``node_id`` at ``addr``; None: its constructor's
+        worker): restart it until one sticks or ``max_restarts`` is used up. One
+        restart at a time."""
+        with actor.restart_lock:
+            if actor.dead is not None:
+                return
+            if node_id is not None and (actor.node != node_id or actor.addr != addr):
+                return  # another restart already moved it (maybe to that name again)
+            if node_id is None and actor.addr is not None and \
+                    actor.addr in set(self.b._addr_of.values()):
+                return  # another caller restarted it meanwhile
+            spec = actor.spec
+            where = f"its worker {actor.node}" if actor.node else "the worker of its constructor"
+            while actor.dead is None:
+                if spec.max_restarts >= 0 and actor.restarts >= spec.max_restarts:
+                    self._die(actor, ActorDiedError(
+                        f"{actor.name} (id {actor.id})", f"{where} died and max_restarts="
+                        f"{spec.max_restarts} restart(s) are used up"))
+                    return
+                if self._restart(actor, running):
+                    return
+                running = None  # dealt with by the first attempt
+                where = "the worker it was restarted on"
 
-    def _restart(self, actor: _Actor, running: _Task | None) -> None:
+    def _restart(self, actor: _Actor, running: _Task | None) -> bool:
+        """Rebuild the instance and send it the calls that had not finished; False when
+        the new instance lost its worker too (try again)."""
         with actor.lock:
             actor.restarts += 1
             actor.generation += 1
@@ -262,19 +388,32 @@ class ActorManager:
                             force=True)
         except Exception:  # noqa: BLE001 - best effort
             pass
-        self._ensure_ready(actor)
+        state = self._ensure_ready(actor)
         with actor.lock:
+            # every call not sent to the new instance: those that had not finished on the
+            # old one, and those that arrived during the restart, in submission order
+            old = [t for t in actor.calls.values() if not t.placed]
             for t in old:
+                if t.id in self.b._errors:
+                    actor.calls.pop(t.id, None)
+                    continue
                 if t is running and actor.spec.max_task_retries == 0:
                     actor.calls.pop(t.id, None)
                     self.b._fail(t.id, ActorDiedError(
                         f"{actor.name} (id {actor.id})",
-                        f"its worker died while running {t.name}; max_task_retries=0"))
+                        f"its worker died while running {t.name}; max_task_retries=0",
+                        restarting=actor.dead is None))
                     continue
                 if actor.dead is not None:
                     self.b._fail(t.id, actor.dead)
                     continue
-                self._submit_call(actor, t)
+                if state == "ready":
+                    self._submit_call(actor, t)
+        if state == "lost":
+            with actor.lock:
+                actor.addr = actor.node = None
+            return False
+        return True
 
     def held_on(self, node_id: str, free: Resources) -> dict[str, float]:
         """Resources live actors hold on ``node_id`` (clamped to ``free``)."""
@@ -311,7 +450,7 @@ class ActorManager:
 
 def spec_info(spec: ActorSpec, ident: int, now: float, name: str | None = None) -> Any:
     """The TaskInfo of an actor creation (or call) for feasibility checks and policies."""
-    from runtime.policies.base import TaskInfo
+    from runtime.cluster import TaskInfo
 
     o = spec.options
     return TaskInfo(id=ident, name=name or spec.name, request=spec.request,

@@ -29,7 +29,7 @@ from distributed import Future
 from distributed.client import _wait as _dask_wait
 
 from runtime.backends.base import ActorSpec, Backend, TaskSpec
-from runtime.backends.dask import _remote
+from runtime.backends.dask import _remote, recovery
 from runtime.backends.dask.common import (
     _Failed,
     _Task,
@@ -142,7 +142,12 @@ class DaskBackend(ClusterView, Backend):
         self._sender = threading.Thread(target=self._send_loop, name="nbcluster-dask-submit",
                                         daemon=True)
         self._sender.start()
-        self.control.start()
+        self.control.begin()
+
+    def _publish(self, kind: str, task: int | None, node: str | None, **data: Any) -> None:
+        """Where the control plane's events go: this backend's bus, stamped with the time
+        of the plane's input or round."""
+        self.events.emit(self.control.plane.index.now, kind, task, node, **data)
 
     # ------------------------------------------------------------------ ids/refs
     def _ref_created(self, ref_id: int) -> None:
@@ -260,12 +265,12 @@ class DaskBackend(ClusterView, Backend):
         ref = ObjectRef(tid, self, spec.name)
         if self.role == "driver":
             self._tasks[tid] = task
-            self.events.emit(self.now(), EventKind.TASK_SUBMITTED, tid, None, name=spec.name,
-                             resources=spec.request.to_dict())
             if held:
                 task.placed = False
                 self.control.enqueue(task)
                 return ref
+            with self._lock:
+                self.control.plane.submit(info, ready=False)
             self._queue(task)
             return ref
         self._submit_to_dask(task)
@@ -315,7 +320,7 @@ class DaskBackend(ClusterView, Backend):
         """The key and ``run_task`` arguments of one attempt (None: an input failed)."""
         session = self._session()
         meta = (task.id, task.name, task.retry, task.max_retries, task.request.to_dict(),
-                session)
+                session, task.extra)
         key = task_key(task.name, task.id, session)
         if task.extra:
             key = f"{key}-r{task.extra}"
@@ -409,7 +414,10 @@ class DaskBackend(ClusterView, Backend):
                 continue
             t.placed = True
 
-    def _fail(self, task_id: int, err: BaseException, *, cancelled: bool = False) -> None:
+    def _fail(self, task_id: int, err: BaseException, *, cancelled: bool = False,
+              publish: bool = True) -> None:
+        """Settle a task with ``err``; the control plane publishes its end (unless it
+        already did: ``publish=False``) and forgets it."""
         with self._lock:
             self._errors[task_id] = err
             self._cond.notify_all()
@@ -421,10 +429,17 @@ class DaskBackend(ClusterView, Backend):
                 pass
         kind = EventKind.TASK_CANCELLED if cancelled else EventKind.TASK_FAILED
         self._terminal.add(task_id)
-        self.events.emit(self.now(), kind, task_id, None, error=type(err).__name__,
-                         reason=str(err).split("\n", 1)[0])
-        if self.role == "driver":
-            self._release_running(task_id)
+        if self.role != "driver":
+            self.events.emit(self.now(), kind, task_id, None, error=type(err).__name__,
+                             reason=str(err).split("\n", 1)[0])
+            return
+        node = self._running.get(task_id, (None,))[0]
+        self._release_running(task_id)
+        self.control.dequeue(task_id)
+        if publish:
+            with self._lock:
+                self.control.plane.end(task_id, kind, node, error=type(err).__name__,
+                                       reason=str(err).split("\n", 1)[0])
 
     def put(self, value: Any) -> ObjectRef:
         """Scatter ``value`` to a worker; returns its ref."""
@@ -456,6 +471,10 @@ class DaskBackend(ClusterView, Backend):
         """Whether the ref is done for the user (a retriable worker loss is not)."""
         if ref.id in self._errors:
             return True
+        if self.role == "driver":  # dependants of resubmitted inputs, lost actor results
+            verdict = recovery.verdict(self, ref, fut)
+            if verdict is not None:
+                return verdict
         if fut is None or not fut.done():
             if fut is not None and fut.status == "lost" and self.role == "driver" and \
                     self.control.policy is not None:
@@ -482,8 +501,9 @@ class DaskBackend(ClusterView, Backend):
                                                "dask reported KilledWorker"))
             return False
         task.extra += 1
-        self.events.emit(self.now(), EventKind.TASK_RETRIED, tid, None,
-                         attempt=attempts + 1, reason="worker died")
+        with self._lock:
+            self.control.plane.requeue(tid, EventKind.TASK_RETRIED, attempt=attempts + 1,
+                                       reason="worker died")
         self._submit_to_dask(task)
         return True
 
@@ -491,15 +511,16 @@ class DaskBackend(ClusterView, Backend):
         err = self._errors.get(ref.id)
         if err is not None:
             return err
+        if recovery.kept(self, ref):
+            return None  # the driver has the value (its worker may be gone)
         if fut is None:
             return RuntimeShutdownError(f"object {ref.id} is unknown to this cluster")
         if fut.status == "cancelled":
-            if self.client.status != "running" and not self._closed:
-                return ObjectLostError(
-                    f"object {ref.id} ({ref.name}) is lost: the connection to the dask "
-                    f"scheduler {self.client.scheduler.address} was lost (client status "
-                    f"{self.client.status}); reconnect with runtime.shutdown() and init()")
-            return TaskCancelledError(ref.name or "?", ref.id)
+            if recovery.cancel_reason(fut) == recovery.LOST_REASON or (
+                    self.client.status != "running" and not self._closed):
+                return recovery.scheduler_lost(self, ref)
+            dep = recovery.dependency_error(self, ref) if self.role == "driver" else None
+            return dep or TaskCancelledError(ref.name or "?", ref.id)
         if fut.status == "lost":
             return ObjectLostError(f"object {ref.id} ({ref.name}) was lost with its worker")
         if fut.status != "error":
@@ -528,8 +549,9 @@ class DaskBackend(ClusterView, Backend):
         self._terminal.add(tid)
         kind = (EventKind.TASK_CANCELLED if isinstance(err, TaskCancelledError)
                 else EventKind.TASK_FAILED)
-        self.events.emit(self.now(), kind, tid, None, error=type(err).__name__,
-                         reason=str(err).split("\n", 1)[0])
+        with self._lock:
+            self.control.plane.end(tid, kind, None, error=type(err).__name__,
+                                   reason=str(err).split("\n", 1)[0])
 
     def _current(self, ref: ObjectRef) -> Future | None:
         """The ref's future now (None while a policy or an actor restart holds the task)."""
@@ -551,6 +573,7 @@ class DaskBackend(ClusterView, Backend):
             self._flush()
         while True:
             self._check_open()
+            recovery.watch_connection(self)  # the scheduler restarted: old refs are lost
             futs = [self._current(r) for r in refs]
             done = [i for i, (r, f) in enumerate(zip(refs, futs, strict=True))
                     if self._settled(r, f)]
@@ -597,27 +620,39 @@ class DaskBackend(ClusterView, Backend):
         deadline = None if timeout is None else time.monotonic() + timeout
         with _remote.seceded():
             while True:
-                done, futs = self._block_until(refs, len(refs), deadline)
-                self._sync_events()
-                if not any(self._moved(r, f) for r, f in zip(refs, futs, strict=True)):
-                    break  # else a task moved to another worker meanwhile: wait for it
-            if len(done) < len(refs):
-                raise GetTimeoutError(
-                    f"get() timed out after {timeout:g} s with {len(refs) - len(done)} of "
-                    f"{len(refs)} ref(s) not ready; the task(s) keep running")
+                values = self._get_once(refs, deadline, timeout)
+                if values is not None:
+                    return values
+
+    def _get_once(self, refs: Sequence[ObjectRef], deadline: float | None,
+                  timeout: float | None) -> list[Any] | None:
+        """Wait, then gather; None when a result was lost while fetching (wait again)."""
+        while True:
+            done, futs = self._block_until(refs, len(refs), deadline)
+            self._sync_events()
+            if not any(self._moved(r, f) for r, f in zip(refs, futs, strict=True)):
+                break  # else a task moved to another worker meanwhile: wait for it
+        if len(done) < len(refs):
+            raise GetTimeoutError(
+                f"get() timed out after {timeout:g} s with {len(refs) - len(done)} of "
+                f"{len(refs)} ref(s) not ready: {recovery.pending_state(self, refs, done)}")
+        for r, f in zip(refs, futs, strict=True):
+            err = self._error_of(r, f)
+            if err is not None:
+                self._note_failed(r.id, err)
+                raise err
+        try:  # bounded by the deadline; notices actor results lost meanwhile
+            return recovery.gather(self, refs, futs, deadline, timeout)
+        except recovery.Regather:
+            return None
+        except (GetTimeoutError, ObjectLostError):
+            raise
+        except Exception:  # noqa: BLE001 - a race with cancel/loss: report per ref
             for r, f in zip(refs, futs, strict=True):
                 err = self._error_of(r, f)
                 if err is not None:
-                    self._note_failed(r.id, err)
-                    raise err
-            try:
-                return self.client.gather(futs)
-            except Exception:  # noqa: BLE001 - a race with cancel/loss: report per ref
-                for r, f in zip(refs, futs, strict=True):
-                    err = self._error_of(r, f)
-                    if err is not None:
-                        raise err from None
-                raise
+                    raise err from None
+            raise
 
     def wait(self, refs: Sequence[ObjectRef], num_returns: int,
              timeout: float | None) -> list[int]:
@@ -855,3 +890,6 @@ class DaskBackend(ClusterView, Backend):
             except Exception:  # noqa: BLE001 - already closed
                 pass
         self.log.detach()
+
+
+_remote.BACKEND_CLASS = DaskBackend  # the class a worker process installs

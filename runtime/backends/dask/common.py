@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from runtime.policies.base import ACCELERATOR_LABEL, TaskInfo
+from runtime.cluster import ACCELERATOR_LABEL, TaskInfo
 from runtime.resources import Resources
 
 __all__ = ["ACCELERATOR_PREFIX", "ACCELERATOR_AMOUNT", "task_key", "worker_shape",
@@ -55,12 +55,16 @@ def dask_resources(request: Mapping[str, float], accelerator: str | None) -> dic
     return out
 
 
+#: ``_Task.value`` when the driver keeps no copy of the result.
+NO_VALUE: Any = object()
+
+
 class _Task:
     """What the driver keeps about one task (or actor call) it submitted."""
 
     __slots__ = ("id", "name", "fn", "args", "kwargs", "request", "res", "max_retries",
                  "retry", "info", "attempts", "node", "actor", "keep", "placed", "extra",
-                 "deaths", "addr")
+                 "deaths", "addr", "done_once", "value")
 
     def __init__(self, id: int, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any], request: Resources, res: dict[str, float],
@@ -82,7 +86,9 @@ class _Task:
         self.placed = True
         self.extra = 0  # resubmissions after KilledWorker
         self.deaths = 0  # workers that died while running it
-        self.addr: str | None = None  # the worker a policy pinned it to
+        self.addr: str | None = None  # the worker it is pinned to (a policy's, an actor's)
+        self.done_once = False  # an actor call that finished (its result lives on addr)
+        self.value: Any = NO_VALUE  # a small actor result, kept in the driver
 
 
 

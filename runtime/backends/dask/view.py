@@ -15,9 +15,9 @@ import time
 from typing import Any
 
 from runtime.backends.dask.common import worker_shape
+from runtime.cluster import NodeInfo, TaskInfo
 from runtime.errors import WorkerCrashedError
 from runtime.events import EventKind
-from runtime.policies.base import NodeInfo
 from runtime.resources import Resources
 
 __all__ = ["ClusterView"]
@@ -34,6 +34,24 @@ class ClusterView:
     def _on_topic(self, event: tuple[float, Any]) -> None:
         """Task events from workers (runs in the client's loop: only queue them)."""
         msg = event[1]
+        if isinstance(msg, dict) and msg.get("e") == "out":
+            # a task's print output (see _remote.forward_output): to the on_output hook
+            # (kernel_ext routes it to the notebook cell), else prefixed to our stdout
+            tid, stream, text, root = msg.get("t"), msg.get("s"), msg.get("x") or "", msg.get("r")
+            hook = getattr(self, "on_output", None)
+            try:
+                if hook is None:
+                    import sys
+
+                    out = sys.stderr if stream == "stderr" else sys.stdout
+                    out.write("".join(f"(task {tid}) {ln}" for ln in text.splitlines(True)))
+                elif root is not None:
+                    hook(tid, stream, text, root=root)
+                else:
+                    hook(tid, stream, text)
+            except Exception:  # noqa: BLE001 - output must never break the event stream
+                log.debug("dask backend output hook", exc_info=True)
+            return
         if isinstance(msg, dict):
             self._enqueued += 1
             self._inbox.put(("task", msg))
@@ -42,13 +60,15 @@ class ClusterView:
         if msg.get("e") == "done":  # a short task: start and end in one message
             self._handle_event({**msg, "e": "start"})
             self._handle_event({"e": "end", "t": msg.get("t"), "w": msg.get("w"),
-                                "d": msg.get("d")})
+                                "d": msg.get("d"), "x": msg.get("x", 0)})
             return
         e, tid, node = msg.get("e"), msg.get("t"), msg.get("w")
         now = self.now()
         task = self._tasks.get(tid)
-        if e == "end" and task is not None and msg.get("d") is not None and \
-                self.control is not None:
+        if task is not None and task.actor is None and msg.get("x", 0) != task.extra:
+            return  # an attempt that was moved or preempted: its ends are not the task's
+        plane = self.control.plane
+        if e == "end" and task is not None and msg.get("d") is not None:
             self.control.observe(task, msg["d"])
         if e == "start":
             req = Resources._trusted(dict(msg.get("r") or {})) if task is None else task.request
@@ -60,20 +80,26 @@ class ClusterView:
                 if tid in self._running:  # started again: its worker died mid-task
                     self._release_running(tid)
                     if task is not None:
-                        self.events.emit(now, EventKind.TASK_RETRIED, tid, node,
-                                         attempt=task.attempts + 1, reason="worker died")
+                        plane.requeue(tid, EventKind.TASK_RETRIED, node,
+                                      attempt=task.attempts + 1, reason="worker died")
                 self._running[tid] = (node, req)
                 used = self._used.setdefault(node, {})
                 for k, v in req.items():
                     used[k] = used.get(k, 0.0) + v
-            if task is None:
-                self.events.emit(now, EventKind.TASK_SUBMITTED, tid, None, name=msg.get("n"),
-                                 resources=dict(msg.get("r") or {}))
-                self.events.emit(now, EventKind.TASK_STARTED, tid, node, attempt=1)
-                return
-            task.attempts = max(task.attempts, task.deaths) + 1
-            task.node = node
-            self.events.emit(now, EventKind.TASK_STARTED, tid, node, attempt=task.attempts)
+                if task is None:  # submitted inside a task: the driver hears of it now
+                    info = TaskInfo(tid, str(msg.get("n") or "?"), req, submitted_at=now)
+                    plane.submit(info, ready=False)
+                    plane.observe_start(info, node)
+                    self.events.emit(now, EventKind.TASK_STARTED, tid, node, attempt=1,
+                                     observed=True)
+                    return
+                observed = self.control.policy is None and task.actor is None
+                if observed:  # dask placed it: the plane's books hold its request there
+                    plane.observe_start(task.info, node)
+                task.attempts = max(task.attempts, task.deaths) + 1
+                task.node = node
+                self.events.emit(now, EventKind.TASK_STARTED, tid, node, attempt=task.attempts,
+                                 **({"observed": True} if observed else {}))
             if task.max_retries >= 0 and task.attempts > task.max_retries + 1:
                 self._fail(tid, WorkerCrashedError(task.name, tid, task.attempts - 1, node,
                                                    "its worker died on each attempt"))
@@ -85,22 +111,26 @@ class ClusterView:
                 if used is not None and cpu:
                     sign = -1.0 if e == "block" else 1.0
                     used["CPU"] = max(used.get("CPU", 0.0) + sign * cpu, 0.0)
-            self.events.emit(now, EventKind.TASK_BLOCKED if e == "block"
-                             else EventKind.TASK_UNBLOCKED, tid, node)
-        elif e == "retry":
+                if e == "block":  # its thread seceded: the CPU is lent meanwhile
+                    plane.lend(tid, {"CPU": cpu} if cpu else {})
+                else:  # it rejoined the pool: the CPU is back, room or not
+                    plane.reacquire(tid)
+        elif e == "retry":  # re-run in place on the worker (retry_exceptions)
             self.events.emit(now, EventKind.TASK_RETRIED, tid, node, attempt=msg.get("n", 1) + 1,
-                             reason=f"raised {msg.get('why')}")
+                             reason=f"raised {msg.get('why')}", in_place=True)
         elif e in ("end", "fail"):
             self._release_running(tid)
             if tid in self._errors:
                 return
             self._terminal.add(tid)
-            if e == "end":
-                self.events.emit(now, EventKind.TASK_FINISHED, tid, node)
-            else:
-                self.events.emit(now, EventKind.TASK_FAILED, tid, node, error=msg.get("err"))
+            with self._lock:
+                if e == "end":
+                    plane.end(tid, EventKind.TASK_FINISHED, node)
+                else:
+                    plane.end(tid, EventKind.TASK_FAILED, node, error=msg.get("err"))
 
     def _release_running(self, tid: int) -> None:
+        """Forget that ``tid`` runs (its node's usage as the views show it)."""
         with self._lock:
             entry = self._running.pop(tid, None)
             if entry is not None:
@@ -108,8 +138,6 @@ class ClusterView:
                 if used is not None:
                     for k, v in entry[1].items():
                         used[k] = max(used.get(k, 0.0) - v, 0.0)
-        if entry is not None and self.control is not None:
-            self.control.task_ended(tid)
 
     def refresh_workers(self) -> None:
         """Read the workers from the scheduler; publish node added/removed events.
@@ -130,7 +158,6 @@ class ClusterView:
                 state = "draining" if "closing_gracefully" in str(w.get("status", "")) else "up"
                 seen[node_id] = (node_id, node_type, total, labels, state)
                 addrs[node_id] = addr
-            now = self.now()
             with self._lock:
                 old, old_addrs = self._workers, dict(self._addr_of)
                 self._workers = seen
@@ -147,17 +174,15 @@ class ClusterView:
                     for t in lost:
                         self._release_running(t)
                     self._used.pop(nid, None)
-                self.events.emit(now, EventKind.NODE_REMOVED, None, nid, reason="worker left")
                 self.control.node_removed(nid, lost)
                 self.actors.node_removed(nid)
             for nid in new:
-                _, ntype, total, labels, state = seen[nid]
-                self.events.emit(now, EventKind.NODE_ADDED, None, nid, node_type=ntype,
-                                 total=total.to_dict(), labels=dict(labels), state=state)
                 self.control.node_added(nid)
             for nid in sorted(set(seen) & set(old)):
                 if nid not in new and seen[nid][4] != old[nid][4]:
-                    self.events.emit(now, EventKind.NODE_STATE, None, nid, state=seen[nid][4])
+                    with self._lock:
+                        if nid in self.control.index:
+                            self.control.plane.set_node_state(nid, seen[nid][4])
             with self._lock:
                 for nid in [n for n in self._addr_of if n not in seen]:
                     del self._addr_of[nid]
@@ -221,9 +246,11 @@ class ClusterView:
             if task.max_retries >= 0 and task.deaths >= task.max_retries + 1:
                 self._fail(tid, WorkerCrashedError(task.name, tid, task.deaths, node,
                                                    "its worker died while running it"))
-            else:
-                self.events.emit(self.now(), EventKind.TASK_RETRIED, tid, node,
-                                 attempt=task.deaths + 1, reason="worker died")
+            elif self.control.policy is None:  # dask runs it again by itself
+                with self._lock:
+                    self.control.plane.requeue(tid, EventKind.TASK_RETRIED, node,
+                                               attempt=task.deaths + 1, reason="worker died")
+            # with a policy, the plane moves it when its node goes (Control.node_removed)
 
     def _event_loop(self) -> None:
         """One thread handles task events, scheduler events and the periodic poll."""

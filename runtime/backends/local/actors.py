@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from runtime.backends.base import ActorSpec, TaskSpec
+from runtime.backends.local.objects import _Obj
 from runtime.backends.local.protocol import error_from_record, sys_error_record
+from runtime.backends.local.records import OVER, _Task
 from runtime.errors import ActorDiedError, TaskCancelledError
 from runtime.events import EventKind as K
 from runtime.refs import ObjectRef
@@ -61,8 +63,6 @@ class ActorsMixin:
         self._pending_reply: dict[int, Any] = {}
 
     def _new_actor(self, spec: ActorSpec, cls_bytes: bytes, blob: Any, deps: list[int]) -> int:
-        from runtime.backends.local.backend import _Task
-
         aid = self.next_id()
         tspec = TaskSpec(None, (), {}, spec.name, spec.options, spec.request)  # type: ignore[arg-type]
         info = tspec.info(aid, self.now())
@@ -85,8 +85,7 @@ class ActorsMixin:
         a = self._actors.get(t.id)
         if a is None or a.state == "dead":
             return
-        self.index.allocate(t.info, nid)
-        t.state, t.node = "running", nid
+        t.state, t.stage, t.node = "running", "", nid
         t.attempt += 1
         a.node = nid
         self.events.emit(self.now(), K.TASK_STARTED, t.id, nid, attempt=t.attempt, name=t.name)
@@ -112,15 +111,16 @@ class ActorsMixin:
             if first:
                 self.events.emit(self.now(), K.ACTOR_CREATED, aid, a.node, name=a.name,
                                  pid=w.pid)
-                self.events.emit(self.now(), K.TASK_FINISHED, aid, a.node, name=a.name)
+                # the actor keeps its resources after its creation "task" is over
+                self.plane.end(aid, K.TASK_FINISHED, a.node, keep=True, name=a.name)
                 self._complete(aid, _OK, self._none_blob())
             return
         exc = error_from_record(err)
         self._actor_dead(a, f"its constructor raised {exc}")
-        if a.task.state != "done":
-            self.events.emit(self.now(), K.TASK_FAILED, aid, a.node, name=a.name,
-                             error=getattr(exc, "cause_type", type(exc).__name__),
-                             reason="constructor raised")
+        if a.task.state not in OVER:
+            self.plane.end(aid, K.TASK_FAILED, a.node, name=a.name,
+                           error=getattr(exc, "cause_type", type(exc).__name__),
+                           reason="constructor raised")
             self._complete(aid, _ERR, err)
         w.kill()
 
@@ -141,8 +141,6 @@ class ActorsMixin:
 
     def _call_actor_locked(self, aid: int, method: str, blob: Any, deps: list[int],
                            escaped: bool = False) -> int:
-        from runtime.backends.local.backend import _Obj, _Task
-
         a = self._actors.get(aid)
         if a is None:
             raise ValueError(f"actor id {aid} is not known to this cluster")
@@ -181,13 +179,13 @@ class ActorsMixin:
         emit = self.events.emit if self.events.has_subscribers else None
         while q:
             t = q[0]
-            if t.state == "done":
+            if t.state in OVER:
                 q.popleft()
                 continue
             if t.missing > 0:
                 break
             q.popleft()
-            t.state, t.worker, t.node = "running", w, a.node
+            t.state, t.stage, t.worker, t.node = "running", "", w, a.node
             t.attempt += 1
             deps = {d: objs[d].blob for d in t.deps if d in objs} if t.deps else None
             out.append(("call", t.id, t.method, t.args, deps, t.name))
@@ -213,19 +211,16 @@ class ActorsMixin:
             self._drop_blob(blob)
             self._cancelled(t)
         elif ok:
-            self.events.emit(self.now(), K.TASK_FINISHED, t.id, a.node, name=t.name)
-            self._finish(t, _OK, blob)
+            self._settle(t, K.TASK_FINISHED, _OK, blob)
         else:
-            if self.events.has_subscribers:
-                err = error_from_record(blob)
-                self.events.emit(self.now(), K.TASK_FAILED, t.id, a.node, name=t.name,
-                                 error=getattr(err, "cause_type", type(err).__name__),
-                                 reason="exception")
-            self._finish(t, _ERR, blob)
+            err = error_from_record(blob)
+            self._settle(t, K.TASK_FAILED, _ERR, blob,
+                         error=getattr(err, "cause_type", type(err).__name__),
+                         reason="exception")
 
     def _cancel_call(self, t: Any) -> bool:
         a = t.actor
-        if t.state in ("waiting", "ready") or t in a.queue:
+        if t.state == "pending" or t in a.queue:
             try:
                 a.queue.remove(t)
             except ValueError:
@@ -251,13 +246,14 @@ class ActorsMixin:
             if not a.no_restart and (head.max_retries == -1 or head.attempt <= head.max_retries):
                 running.insert(0, head)
             else:
-                self.events.emit(self.now(), K.TASK_FAILED, head.id, a.node, name=head.name,
-                                 error="ActorDiedError", reason=why)
-                self._finish(head, _ERR, sys_error_record(
+                restarting = not a.no_restart and (a.max_restarts == -1
+                                                   or a.restarts < a.max_restarts)
+                self._settle(head, K.TASK_FAILED, _ERR, sys_error_record(
                     ActorDiedError(self._actor_label(a), f"its process died ({why}) while "
-                                   f"running {head.name}"), self._pid))
+                                   f"running {head.name}", restarting=restarting), self._pid),
+                    error="ActorDiedError", reason=why)
         for t in reversed(running):
-            t.state = "waiting"
+            t.state, t.stage = "pending", "inputs"
             a.queue.appendleft(t)
         if a.no_restart or (a.max_restarts != -1 and a.restarts >= a.max_restarts):
             self._actor_dead(a, "it was killed" if a.no_restart else
@@ -273,16 +269,14 @@ class ActorsMixin:
         """Final death: release resources, fail every queued and in-flight call."""
         if a.state == "dead":
             return
-        placed = a.state != "pending"
         a.state, a.reason = "dead", reason
-        if placed:
-            self.index.release(a.id)
+        self.plane.release(a.id, a.node)
         self.events.emit(self.now(), K.ACTOR_DIED, a.id, a.node, name=a.name, reason=reason)
         calls = [*a.inflight, *a.queue]
         a.inflight.clear()
         a.queue.clear()
         for t in calls:
-            if t.state != "done":
+            if t.state not in OVER:
                 self._finish(t, _ERR, sys_error_record(
                     ActorDiedError(self._actor_label(a), reason), self._pid))
         if a.worker is not None:
@@ -306,8 +300,7 @@ class ActorsMixin:
                 a.state = "restarting"  # later calls wait for the new process
         elif no_restart:
             t = a.task
-            if t.state in ("waiting", "ready"):
-                self._unready(t)
-                self._finish(t, _ERR, sys_error_record(TaskCancelledError(t.name, t.id),
-                                                       self._pid))
+            if t.state == "pending":
+                self._settle(t, K.TASK_CANCELLED, _ERR, sys_error_record(
+                    TaskCancelledError(t.name, t.id), self._pid))
             self._actor_dead(a, "it was killed before it started")

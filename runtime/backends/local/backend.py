@@ -7,8 +7,10 @@ Who does what:
   ``multiprocessing.connection.wait``, folds results in, answers nested requests,
   notices a dead worker at once (its pipe closes) and dispatches the next tasks;
 - both mutate state only under ``self._lock``.
-Placement goes through the scheduling policy on a :class:`NodeIndex`; every
-decision is checked with ``check_placement`` before it is acted on.
+Deciding is the control plane's (:class:`runtime.control.ControlPlane`): the index,
+the pending queue, the decision round and the scale planner; this backend is its
+:class:`~runtime.control.Actuator` (it starts tasks on workers, kills preempted
+ones, adds and removes virtual nodes) and reports what happens back to it.
 """
 
 from __future__ import annotations
@@ -26,63 +28,37 @@ from typing import Any
 import cloudpickle
 
 from runtime import refs as _refs
-from runtime.autoscaling import get_autoscaler
 from runtime.backends.base import ActorSpec, Backend, TaskSpec
 from runtime.backends.local import store
 from runtime.backends.local.actors import ActorsMixin
+from runtime.backends.local.capped import CappedPoolMixin
 from runtime.backends.local.nested import NestedMixin
 from runtime.backends.local.objects import _ERR, _OK, _PENDING, ObjectsMixin, _Obj
 from runtime.backends.local.pool import WorkerProc, spawn_worker
 from runtime.backends.local.protocol import error_from_record, sys_error_record
 from runtime.backends.local.reader import ReaderMixin
+from runtime.backends.local.records import ON_WORKER, OVER, _Task
 from runtime.backends.local.scaling import ScalingMixin
-from runtime.cluster_spec import node_types_by_name, parse_nodes
+from runtime.cluster import NodeInfo, NodeType, TaskInfo, node_types_by_name, parse_nodes
+from runtime.control import ControlPlane
 from runtime.errors import (
+    InfeasibleRequestError,
     ObjectLostError,
-    PolicyError,
     RuntimeShutdownError,
 )
 from runtime.events import EventKind as K
-from runtime.policies import FirstFit, NodeIndex, Place, Preempt, get_policy
-from runtime.policies.base import NodeInfo, TaskInfo, check_feasible, check_placement
 from runtime.refs import ObjectRef
-from runtime.resources import EPSILON, Resources
+from runtime.resources import EPSILON
 from runtime.serialization import check_call_args
 
 __all__ = ["LocalBackend"]
 
 _EMPTY_ARGS = store.serialize(((), {}), 0)
-_WINDOW_CAP = 256  # most tasks of one shape shown to the policy per pass
+_WINDOW_CAP = 256  # most tasks of one pending group shown to the policy per round
 
 
-class _Task:
-    __slots__ = ("id", "name", "fn_id", "args", "deps", "missing", "info", "max_retries",
-                 "retry_exceptions", "attempt", "state", "worker", "node", "cancelled", "lent",
-                 "actor", "method", "shape")
-
-    def __init__(self, tid: int, name: str, fn_id: int, args: Any, deps: list[int],
-                 info: TaskInfo | None, max_retries: int, retry_exceptions: Any) -> None:
-        self.id = tid
-        self.name = name
-        self.fn_id = fn_id
-        self.args = args
-        self.deps = deps
-        self.missing = 0
-        self.info = info
-        self.max_retries = max_retries
-        self.retry_exceptions = retry_exceptions
-        self.attempt = 0
-        self.state = "waiting"  # waiting -> ready -> running -> done
-        self.worker: WorkerProc | None = None
-        self.node: str | None = None
-        self.cancelled = False
-        self.lent: Resources | None = None
-        self.actor: Any = None
-        self.method = ""
-        self.shape: Any = None
-
-
-class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingMixin, Backend):
+class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingMixin,
+                   CappedPoolMixin, Backend):
     """Worker processes on this machine, one or several virtual nodes, no server."""
 
     kind = "local"
@@ -90,35 +66,39 @@ class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingM
     def __init__(self, *, num_cpus: float | None = None, num_gpus: float | None = None,
                  resources: Any = None, nodes: Any = None, policy: Any = None,
                  autoscaler: Any = None, node_types: Any = None, speeds: Any = None,
-                 prefetch: bool = True) -> None:
+                 prefetch: bool = True, shm_dir: str | None = None, shm_size: Any = None,
+                 spill_dir: str | None = None, max_workers: int | None = None) -> None:
         super().__init__()
+        self._init_pool(max_workers)  # checked first: a bad value starts nothing
         groups = parse_nodes(nodes, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
-        self.policy = get_policy(policy)
-        self._prefetch = bool(prefetch) and type(self.policy) is FirstFit
-        self.autoscaler = get_autoscaler(autoscaler)
+        self._init_objects(shm_dir, shm_size, spill_dir)  # object store; sweeps crashed drivers
         self._node_types = node_types_by_name(groups, node_types or ())
         self._t0 = time.monotonic()
         self._pid = os.getpid()
-        self.index = NodeIndex(speeds, clock=self.now)
         self._lock = threading.RLock()
+        self._again = False
+        #: the control plane: index, queue, decision rounds, scale planner
+        self.plane = ControlPlane(
+            "fifo" if policy is None else policy, autoscaler, actuator=self,
+            node_types=self._node_types.values(),
+            speeds=speeds, emit=self._publish, clock=self.now, window=_WINDOW_CAP,
+            send_ahead=(lambda shape: 1) if prefetch else None, wake=self._round_due)
+        self.policy = self.plane.policy
+        self.autoscaler = self.plane.autoscaler
+        self.index = self.plane.index
         self._closed = False
         self._objs: dict[int, _Obj] = {}
         self._tasks: dict[int, _Task] = {}  # not yet done (any state)
-        self._shapes: dict[Any, dict[int, _Task]] = {}  # ready, by (request, accelerator)
-        self._unblock: collections.deque[_Task] = collections.deque()
         self._idle: dict[str, list[WorkerProc]] = {}
         self._workers: dict[Any, WorkerProc] = {}  # by connection
         self._fn_by_obj: dict[int, tuple[Any, int, bytes]] = {}
         self._fn_bytes: dict[int, bytes] = {}
         self._fn_by_bytes: dict[bytes, int] = {}
         self._fn_ids = itertools.count(1)
-        self._feasible: set[Any] = set()
         self._rc_q: collections.deque[int] = collections.deque()
         self._node_seq: dict[str, int] = {}
         self._segments: set[str] = set()
-        self._no_room: dict[Any, int] = {}
         self._children: dict[int, list[int]] = {}  # nested submits, by parent task id
-        self._preempting: set[int] = set()
         self._dirty = False  # the reader schedules once per wake-up when set
         #: Internal errors the reader thread survived (for debugging; should stay empty).
         self.errors: list[BaseException] = []
@@ -128,22 +108,26 @@ class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingM
         os.set_blocking(self._wake_w, False)
         for g in groups:
             for _ in range(g.count):
-                self._add_node(g.node_type)
+                self._add_node(g)
         self._reader = threading.Thread(target=self._read_loop, name="nbcluster-local-reader",
                                         daemon=True)
         self._reader.start()
         _refs._pickle_hook = self._escaped
 
     # ------------------------------------------------------------------ nodes
-    def _add_node(self, nt: Any) -> str:
+    def _publish(self, kind: str, task: int | None, node: str | None, **data: Any) -> None:
+        """Where the control plane's events go: this backend's bus, stamped now."""
+        self.events.emit(self.plane.index.now, kind, task, node, **data)
+
+    def _round_due(self) -> None:
+        self._again = True
+
+    def _add_node(self, nt: NodeType) -> str:
         i = self._node_seq.get(nt.name, 0)
         self._node_seq[nt.name] = i + 1
         nid = f"{nt.name}-{i}"
-        self.index.add_node(nid, nt.name, nt.resources, nt.labels, "up", nt.cost_per_hour)
         self._idle[nid] = []
-        self._feasible.clear()
-        self.events.emit(self.now(), K.NODE_ADDED, None, nid, node_type=nt.name,
-                         total=nt.resources.to_dict(), labels=dict(nt.labels), state="up")
+        self.plane.add_node(nid, nt, "up")
         for _ in range(self._base_workers(nid)):
             self._idle[nid].append(self._spawn(nid))
         return nid
@@ -178,9 +162,9 @@ class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingM
         time.sleep(seconds)
 
     def describe(self) -> dict[str, Any]:
-        """Backend, node and worker counts, policy."""
+        """Backend, node and worker counts (and the cap on task workers), policy."""
         return {"backend": "local", "nodes": len(self.index), "workers": len(self._workers),
-                "policy": getattr(self.policy, "name", type(self.policy).__name__)}
+                "worker_limit": self.worker_limit, "policy": self.plane.policy_name}
 
     # ------------------------------------------------------------------ tasks
     def _fn_id(self, fn: Any) -> int:
@@ -223,13 +207,9 @@ class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingM
         return blob, deps
 
     def _feasible_check(self, info: TaskInfo) -> None:
-        key = (info.request, info.accelerator_type)
-        if key in self._feasible:
-            return
-        types = [] if getattr(self.autoscaler, "name", "none") == "none" else \
-            [nt.shape() for nt in self._node_types.values()]
-        check_feasible(info, self.index.shapes(), types)
-        self._feasible.add(key)
+        why = self.plane.infeasible(info)
+        if why is not None:
+            raise InfeasibleRequestError(why)
 
     def submit(self, spec: TaskSpec) -> ObjectRef:
         """Queue a task; infeasible requests and unpicklable arguments raise here."""
@@ -265,12 +245,18 @@ class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingM
         tid = t.id
         self._objs[tid] = _Obj()
         self._tasks[tid] = t
-        info = t.info
-        self.events.emit(info.submitted_at, K.TASK_SUBMITTED, tid, None, name=t.name,
-                         resources=info.request.to_dict(), tenant=info.tenant)
+        actor = t.method == "__actor__"
+        free = not t.deps
+        if free:
+            t.stage = "queued"
+        self.plane.submit(t.info, ready=free, preemptible=not actor,
+                          **({"actor": tid} if actor else {}))
         if t.args[2] is not None:
             self._segments.add(t.args[2][0])
-        self._resolve_deps(t)
+        if free:
+            self._schedule()
+        else:
+            self._resolve_deps(t)
 
     def _resolve_deps(self, t: _Task) -> None:
         failed = None
@@ -299,15 +285,14 @@ class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingM
                                                     f"{t.name!r}) is gone"), self._pid)
         else:
             blob = why
-        self.events.emit(self.now(), K.TASK_FAILED, t.id, None, name=t.name,
-                         error="dependency", reason="a dependency failed")
-        self._finish(t, _ERR, (blob[0], blob[1], None))
+        self._settle(t, K.TASK_FAILED, _ERR, (blob[0], blob[1], None), error="dependency",
+                     reason="a dependency failed")
 
     def _dep_done(self, t: _Task, o: _Obj) -> None:
-        if t.state != "waiting":
+        if t.stage != "inputs":
             return
         if o.state == _ERR:
-            t.state = "failing"
+            t.stage = "failing"
             self._fail_without_running(t, o.blob)
             return
         t.missing -= 1
@@ -318,20 +303,39 @@ class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingM
                 self._make_ready(t)
 
     def _make_ready(self, t: _Task) -> None:
+        """A task's inputs are ready: it joins the control plane's queue."""
         if t.actor is not None:
             return
-        t.state = "ready"
-        key = t.shape or (t.info.request, t.info.accelerator_type)
-        t.shape = key
-        group = self._shapes.get(key)
-        if group is None:
-            group = self._shapes[key] = {}
-        group[t.id] = t
+        t.stage = "queued"
+        self.plane.ready(t.id)
         self._schedule()
+
+    def _retry(self, t: _Task, reason: str) -> None:
+        """A task stopped (its worker died, or it raised and is retried): run it again."""
+        t.state, t.stage, t.worker = "pending", "queued", None
+        self.plane.requeue(t.id, K.TASK_RETRIED, t.node, attempt=t.attempt, reason=reason)
+        self._schedule()
+
+    def _recall(self, u: _Task) -> None:
+        """A task sent ahead to a worker that will not run it: back to the queue."""
+        u.state, u.stage, u.worker = "pending", "queued", None
+        if u.cancelled:
+            self._cancelled(u)
+            return
+        self.plane.recall(u.id)
+
+    def _settle(self, t: _Task, kind: str, state: int, blob: Any, **data: Any) -> None:
+        """A task is over: publish ``kind`` through the plane (which forgets it), settle it."""
+        if t.method == "__actor__" and state == _OK:
+            self.plane.end(t.id, kind, t.node, keep=True, name=t.name, **data)
+        else:
+            self.plane.end(t.id, kind, t.node, name=t.name, **data)
+        self._finish(t, state, blob)
 
     def _finish(self, t: _Task, state: int, blob: Any) -> None:
         """A task is over: unpin its deps, drop its argument segment, settle its object."""
-        t.state = "done"
+        t.state = "finished" if state == _OK else "cancelled" if t.cancelled else "failed"
+        t.stage = ""
         if state == _ERR and t.method == "__actor__":
             a = self._actors.get(t.id)
             if a is not None and a.state == "pending":
@@ -348,179 +352,138 @@ class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingM
         self._complete(t.id, state, blob)
 
     # ------------------------------------------------------------- scheduling
-    def _capacity(self, info: TaskInfo, blocked: set[str]) -> int:
-        n = 0
-        request = info.request
-        for node in self.index.fitting(info):
-            if node.id in blocked:
-                continue
-            if not request:
-                return _WINDOW_CAP
-            n += int(min(node.free.get(k, 0.0) / v for k, v in request.items()) + EPSILON)
-            if n >= _WINDOW_CAP:
-                return _WINDOW_CAP
-        return n
-
     def _schedule(self) -> None:
-        """Serve lenders waiting to unblock, then let the policy place ready tasks."""
-        if self._draining:  # nodes scaled away by hand go once idle (see scaling.py)
-            self._reap_drained()
-        self._schedule_pass()
-        if self._scaling and self._shapes:
-            self._maybe_autoscale()
-        if self._prefetch and self._shapes and not self._unblock and not self._closed:
-            self._fill_prefetch()
-
-    def _schedule_pass(self) -> None:
+        """One decision round of the control plane (more while it asks for them), and the
+        autoscaler when tasks wait (under the lock)."""
         if self._closed:
             return
-        blocked: set[str] = set()
-        while self._unblock:
-            t = self._unblock[0]
-            if t.lent is not None and not t.lent.fits(self.index.node(t.node).free):
-                blocked = {x.node for x in self._unblock}
-                break
-            self._unblock.popleft()
-            self._resume(t)
-        if not self._shapes:
-            return
-        window: list[TaskInfo] = []
-        version = self.index.version
-        no_room = self._no_room
-        for key, group in self._shapes.items():
-            if no_room.get(key) == version and not blocked:
-                continue  # nothing changed since this shape last found no room
-            cap = self._capacity(next(iter(group.values())).info, blocked)
-            if not cap:
-                # show the head anyway (once per cluster change): a policy may preempt
-                cap = 1
-                if not blocked:
-                    no_room[key] = version
-            window.extend(t.info for t in itertools.islice(group.values(), cap))
-        if not window:
-            return
-        window.sort(key=lambda i: i.id)
-        try:
-            decisions = list(self.policy.schedule(window, self.index))
-        except Exception as exc:  # noqa: BLE001 - a broken policy fails the tasks it saw
-            pname = getattr(self.policy, "name", type(self.policy).__name__)
-            for info in window:
-                t = self._tasks.get(info.id)
-                if t is not None:
-                    self._unready(t)
-                    self._finish(t, _ERR, sys_error_record(PolicyError(
-                        f"policy {pname!r} raised while placing task {info.name!r} "
-                        f"(id {info.id}): {exc!r}"), self._pid))
-            return
-        for d in decisions:
-            if isinstance(d, Place):
-                t = self._tasks.get(d.task)
-                if t is None or t.state != "ready":
-                    continue
-                try:
-                    check_placement(self.policy, t.info, d.node, self.index)
-                except PolicyError as exc:
-                    self._unready(t)
-                    self._finish(t, _ERR, sys_error_record(exc, self._pid))
-                    continue
-                if d.node in blocked:
-                    continue
-                self._unready(t)
-                self._start(t, d.node)
-            elif isinstance(d, Preempt):
-                self._preempt(d)
+        plane = self.plane
+        if plane.planner.removing:  # nodes scaled away by hand go once idle
+            plane.planner.fail_stranded()
+        self._rounds()
+        if self._scaling and plane.queue.count:
+            self._maybe_autoscale()
+            if self._again:  # it added nodes: place on them now
+                self._rounds()
+
+    def _rounds(self) -> None:
+        for _ in range(8):
+            self._again = False
+            self.plane.schedule()
+            if not self._again:
+                return
 
     def _unready(self, t: _Task) -> None:
-        group = self._shapes.get(t.shape)
-        if group is not None:
-            group.pop(t.id, None)
-            if not group:
-                del self._shapes[t.shape]
+        """Nothing to do: the plane drops a task from its queue when it ends."""
 
-    def _worker_for(self, nid: str) -> WorkerProc:
-        idle = self._idle[nid]
-        while idle:
-            w = idle.pop()
-            if not w.dead:
-                return w
-        return self._spawn(nid)
-
-    def _start(self, t: _Task, nid: str) -> None:
-        if t.actor is not None or t.method == "__actor__":
-            self._start_actor(t, nid)
+    # the actuator: what the control plane asks of this backend ---------------------
+    def start(self, task_id: int, node_id: str) -> None:
+        """Start a placed task on a worker of ``node_id`` (its resources are held there)."""
+        t = self._tasks.get(task_id)
+        if t is None:
             return
-        self.index.allocate(t.info, nid)
-        w = self._worker_for(nid)
-        t.state, t.worker, t.node = "running", w, nid
+        if t.actor is not None or t.method == "__actor__":
+            self._start_actor(t, node_id)
+            return
+        w = self._worker_for(node_id) or self._no_worker(t, node_id)
+        if w is None:  # at the cap: it starts when a worker of its node frees
+            t.stage, t.node = "parked", node_id
+            return
+        self._run_on(w, t, node_id)
+
+    def _run_on(self, w: WorkerProc, t: _Task, node_id: str) -> None:
+        """Start ``t`` on ``w`` (inside the wait of the blocked task ``w`` runs, when a
+        frame was just saved for it)."""
+        inline = bool(w.frames) and w.task is w.frames[-1][0]
+        t.state, t.stage, t.worker, t.node = "running", "", w, node_id
         t.attempt += 1
         w.task = t
-        self.events.emit(self.now(), K.TASK_STARTED, t.id, nid, attempt=t.attempt,
-                         name=t.name, pid=w.pid)
-        self._send_run(w, t)
+        self.events.emit(self.now(), K.TASK_STARTED, t.id, node_id, attempt=t.attempt,
+                         name=t.name, pid=w.pid, **({"inside": True} if inline else {}))
+        self._send_run(w, t, "inline" if inline else "run")
 
-    def _send_run(self, w: WorkerProc, t: _Task) -> None:
+    def send_ahead(self, task_id: int, node_id: str, behind: int) -> None:
+        """Queue a task in the pipe of the worker running ``behind``: it starts the moment
+        that one ends (as ProcessPoolExecutor queues one extra call)."""
+        u = self._tasks.get(task_id)
+        r = self._tasks.get(behind)
+        w = r.worker if r is not None else None
+        if u is None or w is None or w.dead or w.queued is not None or w.task is not r \
+                or w.frames:
+            self._recall(u) if u is not None else None
+            return
+        u.stage, u.worker, u.node = "ahead", w, node_id
+        w.queued = u
+        self._send_run(w, u)
+
+    def preempt(self, task_id: int, reason: str) -> None:
+        """Kill the worker running the task; its death requeues it (without using a retry)."""
+        t = self._tasks.get(task_id)
+        if t is None or t.state not in ON_WORKER or t.worker is None or t.cancelled \
+                or t.worker.dead:
+            return
+        t.attempt -= 1  # a preemption does not use up a retry
+        t.max_retries = max(t.max_retries, t.attempt + 1) if t.max_retries != -1 else -1
+        t.worker.kill()
+
+    def resume(self, task_id: int) -> None:
+        """A task blocked in get/wait has its CPU back: send it its reply."""
+        t = self._tasks.get(task_id)
+        if t is not None:
+            self._resume(t)
+
+    def fail(self, task_id: int, error: BaseException) -> None:
+        """Fail a task the plane gave up on (it already published ``task_failed``)."""
+        t = self._tasks.get(task_id)
+        if t is None:
+            return
+        if t.method == "__actor__":
+            a = self._actors.get(t.id)
+            if a is not None and a.state == "pending":
+                self._actor_dead(a, f"it could not be placed: {error}")
+        self._finish(t, _ERR, sys_error_record(error, self._pid))
+
+    def launch(self, node_type: NodeType, count: int) -> None:
+        """Add ``count`` virtual nodes of ``node_type``, each with its worker processes."""
+        for _ in range(count):
+            self._add_node(node_type)
+
+    def retire(self, node_id: str) -> None:
+        """Remove an idle node and its idle workers."""
+        self._remove_node(node_id, "scaled down")
+
+    def _send_run(self, w: WorkerProc, t: _Task, kind: str = "run") -> None:
         fn_bytes = None
         if t.fn_id not in w.fns:
             fn_bytes = self._fn_bytes[t.fn_id]
             w.fns.add(t.fn_id)
         deps = {d: self._objs[d].blob for d in t.deps} if t.deps else None
-        if not w.send(("run", t.id, t.fn_id, fn_bytes, t.args, deps, t.name)):
+        if not w.send((kind, t.id, t.fn_id, fn_bytes, t.args, deps, t.name)):
             self._on_death(w, "its connection was closed")
 
-    def _preempt(self, d: Preempt) -> None:
-        t = self._tasks.get(d.task)
-        if t is None or t.state != "running" or t.worker is None or t.actor is not None \
-                or t.cancelled or t.worker.dead or t.id in self._preempting:
-            return
-        self._preempting.add(t.id)
-        w = t.worker
-        self.events.emit(self.now(), K.TASK_PREEMPTED, t.id, t.node, reason=d.reason)
-        t.attempt -= 1  # a preemption does not use up a retry
-        t.max_retries = max(t.max_retries, t.attempt + 1) if t.max_retries != -1 else -1
-        w.kill()
-
-    def _release(self, t: _Task) -> None:
-        if t.lent is not None:
-            amount = t.info.request - t.lent
-            t.lent = None
-            self.index.release(t.id, amount)
-        else:
-            self.index.release(t.id)
-
-    def _fill_prefetch(self) -> None:
-        """Send each busy worker the next ready task of its running task's shape, to
-        start the moment the running one ends (as ProcessPoolExecutor queues one
-        extra call): the worker never idles waiting for a round trip. Only for
-        FirstFit, where the freed slot is exactly where the policy would put it."""
-        shapes = self._shapes
-        for w in self._workers.values():
-            t = w.task
-            if t is None or w.queued is not None or w.blocked_req is not None or \
-                    w.actor is not None or t.state != "running":
-                continue
-            group = shapes.get(t.shape)
-            if not group:
-                continue
-            u = next(iter(group.values()))
-            self._unready(u)
-            u.state, u.worker, u.node = "queued", w, w.node
-            w.queued = u
-            self._send_run(w, u)
-            if not shapes:
-                return
+    def _release(self, t: _Task) -> int | None:
+        """Give back what a task holds; returns a task sent ahead that took its slot."""
+        t.lent = None
+        self._pending_reply.pop(t.id, None)
+        self._deferred.pop(t.id, None)
+        return self.plane.stop(t.id)
 
     def _task_over(self, w: WorkerProc, t: _Task) -> _Task | None:
         """``t`` ended on ``w``: release it; a task sent ahead takes its slot at once.
 
         Returns that task: the caller publishes its start after ``t``'s end."""
-        self._release(t)
+        promoted = self._release(t)
+        if self._pop_frame(w, t):  # it ran inside a blocked task's wait: back to that one
+            return None
         u = w.queued
         if u is None or w.dead:
             self._idle_worker(w)
             return None
         w.queued = None
-        self.index.allocate(u.info, w.node)  # fits: the same shape was just released
-        u.state = "running"
+        if promoted != u.id:  # the books must show what the worker runs next
+            self.errors.append(AssertionError(f"task {u.id} ran ahead of {t.id} unbooked"))
+            self.plane.observe_start(u.info, w.node)
+        u.state, u.stage = "running", ""
         u.attempt += 1
         w.task = u
         return u
@@ -532,12 +495,11 @@ class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingM
 
     def _idle_worker(self, w: WorkerProc) -> None:
         w.task = None
-        if w.dead:
+        if w.dead or (self._parked and self._unpark(w.node, w)):
             return
         idle = self._idle.get(w.node)
-        if idle is None:
-            return
-        if len(idle) >= 2 * self._base_workers(w.node) + 2:
+        if idle is None or len(idle) >= 2 * self._base_workers(w.node) + 2:
+            # its node was removed (scaled down while it ran), or enough wait already
             w.retiring = True
             w.send(("exit",))
             return
@@ -554,16 +516,16 @@ class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingM
             for child in self._children.pop(tid, ()):
                 self._cancel_locked(child, force, True)
         t = self._tasks.get(tid)
-        if t is None or t.state == "done":
+        if t is None or t.state in OVER:
             return False
         if t.actor is not None:
             return self._cancel_call(t)
-        if t.state in ("waiting", "ready"):
+        if t.state == "pending" and t.stage != "ahead":
             self._unready(t)
             self._cancelled(t)
             return True
         t.cancelled = True
-        if t.state == "queued":  # sent ahead: the worker skips it
+        if t.stage == "ahead":  # sent ahead: the worker skips it
             t.worker.interrupt(tid)
             return True
         w = t.worker
@@ -611,7 +573,6 @@ class LocalBackend(ReaderMixin, ObjectsMixin, NestedMixin, ActorsMixin, ScalingM
             for tid in list(self._tasks):
                 self._fail(tid, err)
             self._tasks.clear()
-            self._shapes.clear()
         self._wake()
         for w in workers:
             w.send(("exit",))

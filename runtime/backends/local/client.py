@@ -4,6 +4,10 @@ Inside a task, ``runtime.remote/get/wait/put`` reach this proxy; it asks the
 driver over the worker's connection and waits for the answer. While it waits in
 ``get``/``wait`` the driver lends the task's CPU to other tasks, so recursion
 deeper than the number of workers does not deadlock.
+
+Every ``ObjectRef`` created or dropped in this process is counted (see
+:class:`~.worker.Channel`), so an object ``put`` or submitted here is freed once
+no process refers to it.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ import cloudpickle
 from runtime.backends.base import ActorSpec, Backend, TaskSpec
 from runtime.backends.local.protocol import error_from_record
 from runtime.backends.local.store import deserialize, serialize
+from runtime.cluster import NodeInfo
 from runtime.errors import GetTimeoutError
-from runtime.policies.base import NodeInfo
 from runtime.refs import ObjectRef
 from runtime.serialization import check_call_args
 
@@ -46,6 +50,28 @@ class ClientBackend(Backend):
         self._state = state
         self._t0 = t0
         self._fn_ids: dict[int, tuple[Any, int]] = {}
+        self._made = threading.local()  # .oid: the ref the driver already counted for us
+
+    def _ref_created(self, oid: int) -> None:
+        if getattr(self._made, "oid", None) == oid:
+            self._made.oid = None  # counted by the driver when it answered our request
+            return
+        self._chan.counting = True
+        self._chan.ref_deltas.append(oid)
+
+    def _ref_deleted(self, oid: int) -> None:
+        chan = self._chan
+        chan.ref_deltas.append(-oid)
+        chan.ref_changed()
+
+    def _new_ref(self, oid: int, name: str = "") -> ObjectRef:
+        """The ref to an object the driver made for us (and counted as held here)."""
+        self._chan.counting = True
+        self._made.oid = oid
+        try:
+            return ObjectRef(oid, self, name)
+        finally:
+            self._made.oid = None
 
     def _req(self, kind: str, payload: Any, timeout: float | None = None) -> Any:
         return _raise_if_error(self._chan.request(kind, payload, timeout))
@@ -66,14 +92,14 @@ class ClientBackend(Backend):
         fn_id, fn_bytes = (cached[1], None) if cached else (0, cloudpickle.dumps(spec.func))
         meta = cloudpickle.dumps((spec.name, dict(spec.options), spec.request, spec.max_retries,
                                   spec.retry_exceptions))
-        obj_id, fn_id = self._req("submit", (fn_id, fn_bytes, blob, deps, meta))
+        obj_id, fn_id = self._req("rsubmit", (fn_id, fn_bytes, blob, deps, meta))
         if cached is None:
             self._fn_ids[id(spec.func)] = (spec.func, fn_id)
-        return ObjectRef(obj_id, self, spec.name)
+        return self._new_ref(obj_id, spec.name)
 
     def put(self, value: Any) -> ObjectRef:
-        """Store a value with the driver; returns its ref."""
-        return ObjectRef(self._req("put", serialize(value, self._state.owner)), self)
+        """Store a value with the driver; returns its ref (freed when no ref is left)."""
+        return self._new_ref(self._req("rput", serialize(value, self._state.owner)))
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         """Values of refs (the driver lends this task's CPU while it waits)."""
@@ -129,7 +155,7 @@ class ClientBackend(Backend):
                    kwargs: dict[str, Any]) -> ObjectRef:
         """Queue a method call on an actor through the driver."""
         blob, deps = self._pack_args(method, args, kwargs)
-        return ObjectRef(self._req("call_actor", (actor_id, method, blob, deps)), self, method)
+        return self._new_ref(self._req("rcall_actor", (actor_id, method, blob, deps)), method)
 
     def kill_actor(self, actor_id: int, *, no_restart: bool = True) -> None:
         """Ask the driver to kill an actor."""

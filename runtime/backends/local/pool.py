@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import runtime
+from runtime.backends.local import store
 from runtime.backends.local.protocol import dumps
 
 __all__ = ["WorkerProc", "spawn_worker"]
@@ -37,7 +38,7 @@ class WorkerProc:
 
     __slots__ = ("proc", "conn", "sock", "pid", "node", "task", "actor", "fns", "dead", "label",
                  "blocked_req", "idle_since", "ready", "queued", "outbuf", "out_lock",
-                 "on_backlog", "retiring", "cancel_w")
+                 "on_backlog", "retiring", "cancel_w", "held", "frames")
 
     def __init__(self, proc: subprocess.Popen[bytes], conn: Connection, sock: socket.socket,
                  node: str) -> None:
@@ -60,6 +61,9 @@ class WorkerProc:
         self.idle_since = 0.0
         self.ready = False  # said hello: its SIGINT handler is installed
         self.queued: Any = None  # a _Task sent ahead, to start when ``task`` ends
+        self.held: dict[int, int] = {}  # object id -> refs to it alive in this process
+        #: (task, blocked request) of blocked tasks with a task running inside their wait
+        self.frames: list[tuple[Any, Any]] = []
 
     def send(self, msg: Any) -> bool:
         """Send one message without ever blocking; False when the worker is gone.
@@ -171,5 +175,6 @@ def spawn_worker(node: str, t0: float) -> WorkerProc:
     conn = Connection(os.dup(parent.fileno()))
     w = WorkerProc(proc, conn, parent, node)
     w.cancel_w = cancel_w
-    w.send(("init", os.getpid(), list(sys.path), os.getcwd(), node, t0, os.getpid()))
+    w.send(("init", os.getpid(), list(sys.path), os.getcwd(), node, t0, os.getpid(),
+            store.settings()))
     return w

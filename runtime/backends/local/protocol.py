@@ -16,6 +16,7 @@ from typing import Any
 
 from runtime.backends.local.store import Blob, deserialize, serialize
 from runtime.errors import NBClusterError, SerializationError, TaskError, make_task_error
+from runtime.serialization import portable_exception
 
 __all__ = ["dumps", "loads", "task_error_record", "sys_error_record", "error_from_record"]
 
@@ -44,8 +45,9 @@ def task_error_record(exc: BaseException, task_name: str, task_id: Any, node: st
             tb = tb.tb_next
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     ctype = type(exc).__name__
-    try:
-        return serialize(("task", exc, text, ctype, task_name, task_id, node), owner_pid)
+    try:  # a cause whose __init__ needs other arguments still keeps its type and message
+        return serialize(("task", portable_exception(exc), text, ctype, task_name, task_id,
+                          node), owner_pid)
     except Exception:  # noqa: BLE001 - unpicklable exception: keep type name and text
         return serialize(("task", None, text, ctype, task_name, task_id, node), owner_pid)
 

@@ -5,6 +5,11 @@ folds results in, answers nested requests, and notices a dead worker at once:
 its pipe closes, so the task on it is retried (``max_retries``) or fails with
 ``WorkerCrashedError``, and an actor restarts or dies. It takes the backend's
 lock once per wake-up and schedules once per wake-up.
+
+A death noticed elsewhere (a send that fails while the scheduler walks the
+workers) is only queued (:meth:`ReaderMixin._on_death`) and handled by this
+thread at its next safe point, so no loop over the workers ever sees the table
+change under it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime.backends.local.objects import _ERR, _OK
 from runtime.backends.local.protocol import error_from_record, loads, sys_error_record
+from runtime.backends.local.records import ON_WORKER, OVER
 from runtime.errors import TaskCancelledError, WorkerCrashedError
 from runtime.events import EventKind as K
 
@@ -41,11 +47,17 @@ class ReaderMixin:
     def _read_forever(self) -> None:
         wake = self._wake_r
         IN, OUT = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR, select.POLLOUT
+        undrained = False
         while not self._closed:
+            if self._death_q:
+                with self._lock:
+                    self._handle_deaths()
+            if undrained and self._rc_q:
+                undrained = not self._try_drain()
             by_fd: dict[int, WorkerProc] = {}
             poller = select.poll()
             poller.register(wake, select.POLLIN)
-            for w in list(self._workers.values()):
+            for w in self._snapshot():
                 try:
                     fd = w.conn.fileno()
                 except (OSError, ValueError):
@@ -53,7 +65,7 @@ class ReaderMixin:
                 by_fd[fd] = w
                 poller.register(fd, IN | OUT if w.outbuf else IN)
             try:
-                ready = poller.poll(self._scale_tick())
+                ready = poller.poll(10 if undrained else self._scale_tick())
             except (OSError, ValueError):
                 time.sleep(0.001)
                 continue
@@ -67,6 +79,8 @@ class ReaderMixin:
                         os.read(wake, 4096)
                     except OSError:
                         pass
+                    if self._rc_q:  # refs dropped in the driver: free what nothing holds
+                        undrained = not self._try_drain()
                     continue
                 w = by_fd.get(fd)
                 if w is None or w.dead:
@@ -74,6 +88,7 @@ class ReaderMixin:
                 if ev & OUT and not w.flush_out():
                     with self._lock:
                         self._on_death(w, "its connection was closed")
+                        self._handle_deaths()
                     continue
                 if not ev & IN:
                     continue
@@ -102,16 +117,44 @@ class ReaderMixin:
                     try:
                         if dead:
                             self._on_death(w, "its process exited")
+                        if self._death_q:
+                            self._handle_deaths()
                         if self._dirty:
                             self._dirty = False
                             self._schedule()
                     except Exception as exc:  # noqa: BLE001 - keep serving the rest
                         self.errors.append(exc)
 
+    def _try_drain(self) -> bool:
+        """Fold in the driver's ref drops if the lock is free now (never wait for it:
+        whoever holds it may need this thread to read a worker)."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._drain_refcounts()
+        finally:
+            self._lock.release()
+        return True
+
+    def _snapshot(self) -> list[WorkerProc]:
+        """The workers now; other threads add and remove some meanwhile (a GC pause can
+        let them in even while ``list()`` copies), so retry until a copy is whole."""
+        while True:
+            try:
+                return list(self._workers.values())
+            except RuntimeError:  # dictionary changed size during iteration
+                continue
+
     def _handle(self, w: WorkerProc, m: Any) -> None:
         kind = m[0]
         if kind == "done":
             self._on_done(w, m[1], m[2], m[3])
+        elif kind == "refs":
+            self._on_worker_refs(w, m[1])
+        elif kind == "req" and m[2][0] == "r":  # rput, rsubmit, rcall_actor: ref-counted
+            self._on_counted_request(w, m[1], m[2], m[3])
+        elif kind == "esc":
+            self._on_worker_escaped(m[1])
         elif kind == "out":
             try:
                 self.on_output(m[1], m[2], m[3])
@@ -132,7 +175,7 @@ class ReaderMixin:
 
     def _on_done(self, w: WorkerProc, tid: int, ok: bool, blob: Any) -> None:
         t = self._tasks.get(tid)
-        if t is None or t.state == "done":
+        if t is None or t.state in OVER:
             self._drop_blob(blob)
             return
         if t.actor is not None:
@@ -143,20 +186,15 @@ class ReaderMixin:
             self._drop_blob(blob)
             self._cancelled(t)
         elif ok:
-            self.events.emit(self.now(), K.TASK_FINISHED, tid, t.node, name=t.name)
-            self._finish(t, _OK, blob)
+            self._settle(t, K.TASK_FINISHED, _OK, blob)
         elif self._retry_exception(t, blob):
             self._drop_blob(blob)
-            self.events.emit(self.now(), K.TASK_RETRIED, tid, t.node, attempt=t.attempt,
-                             reason="exception")
-            t.state = "waiting"
-            self._make_ready(t)
+            self._retry(t, "exception")
         else:
             err = error_from_record(blob)
-            self.events.emit(self.now(), K.TASK_FAILED, tid, t.node, name=t.name,
-                             error=getattr(err, "cause_type", type(err).__name__),
-                             reason="exception")
-            self._finish(t, _ERR, blob)
+            self._settle(t, K.TASK_FAILED, _ERR, blob,
+                         error=getattr(err, "cause_type", type(err).__name__),
+                         reason="exception")
         self._started_ahead(u)
         self._dirty = True
 
@@ -181,14 +219,34 @@ class ReaderMixin:
         self._dirty = True
 
     def _cancelled(self, t: _Task) -> None:
-        self.events.emit(self.now(), K.TASK_CANCELLED, t.id, t.node, name=t.name)
-        self._finish(t, _ERR, sys_error_record(TaskCancelledError(t.name, t.id), self._pid))
+        self._settle(t, K.TASK_CANCELLED, _ERR, sys_error_record(
+            TaskCancelledError(t.name, t.id), self._pid))
 
     def _on_death(self, w: WorkerProc, why: str) -> None:
+        """``w`` is gone: stop using it now; the reader thread handles the rest at its
+        next safe point (callers may be walking the worker table)."""
         if w.dead:
             return
         w.dead = True
+        self._death_q.append((w, why))
+        self._wake()
+
+    def _handle_deaths(self) -> None:
+        """Handle the queued deaths (reader thread, under the lock)."""
+        q = self._death_q
+        while q:
+            w, why = q.popleft()
+            try:
+                self._worker_died(w, why)
+            except Exception as exc:  # noqa: BLE001 - keep serving the rest
+                self.errors.append(exc)
+        if self._dirty:
+            self._dirty = False
+            self._schedule()
+
+    def _worker_died(self, w: WorkerProc, why: str) -> None:
         self._workers.pop(w.conn, None)
+        self._release_worker_refs(w)
         threading.Thread(target=w.reap, daemon=True).start()
         if self._closed:
             return
@@ -202,29 +260,25 @@ class ReaderMixin:
             self._schedule()
             return
         u, w.queued = w.queued, None
-        if u is not None and u.state == "queued":  # sent ahead, never started: ready again
-            u.state, u.worker = "waiting", None
-            if u.cancelled:
-                self._cancelled(u)
-            else:
-                self._make_ready(u)
+        if u is not None and u.stage == "ahead":  # sent ahead, never started: ready again
+            self._recall(u)
         t, w.task = w.task, None
-        if t is not None:
-            self._preempting.discard(t.id)
-        if t is not None and t.state == "running":
-            if t in self._unblock:
-                self._unblock.remove(t)
-            self._release(t)
-            if t.cancelled:
-                self._cancelled(t)
-            elif t.max_retries == -1 or t.attempt <= t.max_retries:
-                self.events.emit(self.now(), K.TASK_RETRIED, t.id, t.node, attempt=t.attempt,
-                                 reason=f"worker {w.label} died")
-                t.state, t.worker = "waiting", None
-                self._make_ready(t)
-            else:
-                self.events.emit(self.now(), K.TASK_FAILED, t.id, t.node, name=t.name,
-                                 error="WorkerCrashedError", reason=f"worker {w.label} died")
-                self._finish(t, _ERR, sys_error_record(WorkerCrashedError(
-                    t.name, t.id, t.attempt, w.label, why), self._pid))
+        lost = [t] + [f[0] for f in reversed(w.frames)]  # and the tasks it ran inside of
+        w.frames.clear()
+        for t in lost:
+            if t is not None and t.state in ON_WORKER:
+                self._lost_with(w, t, why)
+        self._unpark_any()  # a slot under the worker cap freed
         self._schedule()
+
+    def _lost_with(self, w: WorkerProc, t: _Task, why: str) -> None:
+        """``t`` ran on ``w``, which died: run it again, or fail it."""
+        self._release(t)
+        if t.cancelled:
+            self._cancelled(t)
+        elif t.max_retries == -1 or t.attempt <= t.max_retries:
+            self._retry(t, f"worker {w.label} died")
+        else:
+            self._settle(t, K.TASK_FAILED, _ERR, sys_error_record(WorkerCrashedError(
+                t.name, t.id, t.attempt, w.label, why), self._pid),
+                error="WorkerCrashedError", reason=f"worker {w.label} died")

@@ -5,7 +5,9 @@ end of a socketpair. It imports only the runtime and cloudpickle, caches each
 function after its first send, runs one task at a time, forwards ``print``
 output tagged with the task id, and installs a :class:`~.client.ClientBackend`
 so tasks can submit tasks, ``get`` and ``wait`` through the driver (nested
-parallelism). SIGINT interrupts the running task (that is how ``cancel`` works);
+parallelism). It reports the object refs it creates and drops (batched with its
+other messages: creations before them, drops after), so the driver frees
+objects no process refers to any more. SIGINT interrupts the running task (that is how ``cancel`` works);
 it is ignored between tasks. The process exits when the driver's end closes.
 """
 
@@ -23,6 +25,7 @@ from typing import Any
 
 import cloudpickle
 
+from runtime.backends.local import store
 from runtime.backends.local.protocol import dumps, loads, task_error_record
 from runtime.backends.local.store import deserialize, serialize
 from runtime.errors import SerializationError
@@ -43,6 +46,20 @@ class Channel:
         self.req_lock = threading.RLock()
         self._req_ids = iter(range(1, 1 << 62))
         self.state: Any = None
+        #: runs a task the driver sends into a blocked request (set by ``main``)
+        self.on_inline: Any = None
+        #: +id / -id per ref created / dropped here (appended from ``__del__``: lock-free)
+        self.ref_deltas: collections.deque[int] = collections.deque()
+        self.ref_escaped: collections.deque[int] = collections.deque()
+        self.counting = False  # refs were seen: poll for drops while idle
+
+    def ref_changed(self) -> None:
+        """Wake the flusher for a ref drop, without ever blocking (called from ``__del__``)."""
+        if self.send_lock.acquire(blocking=False):
+            try:
+                self._queued.notify()
+            finally:
+                self.send_lock.release()
 
     def start_flusher(self, delay: float = 0.0005) -> None:
         """Send posted messages at most ``delay`` s late even while a long task runs
@@ -50,8 +67,8 @@ class Channel:
         def loop() -> None:
             while True:
                 with self._queued:
-                    while not self.outbox:
-                        self._queued.wait()
+                    while not self.outbox and not self.ref_deltas and not self.ref_escaped:
+                        self._queued.wait(0.2 if self.counting else None)
                 time.sleep(delay)
                 try:
                     self.flush()
@@ -82,9 +99,28 @@ class Channel:
 
     def _flush_locked(self) -> None:
         box = self.outbox
-        if not box:
+        deltas, esc = self.ref_deltas, self.ref_escaped
+        if not box and not deltas and not esc:
             return
         self.outbox = []
+        if deltas or esc:
+            # refs created go before the messages, drops after: the driver's count is
+            # never below the true one, so nothing a message carries is freed early
+            made: dict[int, int] = {}
+            dropped: dict[int, int] = {}
+            while deltas:
+                d = deltas.popleft()
+                if d > 0:
+                    made[d] = made.get(d, 0) + 1
+                else:
+                    dropped[-d] = dropped.get(-d, 0) - 1
+            head: list[Any] = [("refs", list(made.items()))] if made else []
+            if esc:
+                ids = []
+                while esc:
+                    ids.append(esc.popleft())
+                head.append(("esc", ids))
+            box = head + box + ([("refs", list(dropped.items()))] if dropped else [])
         self.conn.send_bytes(dumps(box[0] if len(box) == 1 else ("batch", box)))
 
     def _recv_one(self) -> None:
@@ -97,7 +133,7 @@ class Channel:
     def next_message(self) -> Any:
         """The next message from the driver (flushing our outbox before blocking)."""
         if not self.pending:
-            if self.outbox and not self.conn.poll(0):
+            if (self.outbox or self.ref_deltas) and not self.conn.poll(0):
                 self.flush()
             self._recv_one()
         return self.pending.popleft()
@@ -115,10 +151,16 @@ class Channel:
             abandoned = False
             try:
                 while True:
+                    inline = None
                     for i, msg in enumerate(self.pending):
                         if msg[0] == "reply" and msg[1] == req_id:
                             del self.pending[i]
                             return msg[2]
+                        if msg[0] == "inline" and inline is None:
+                            inline = i
+                    if inline is not None and self.on_inline is not None:
+                        self.on_inline(inline)  # a task to run inside this wait
+                        continue
                     if deadline is not None and not abandoned:
                         left = deadline - time.monotonic()
                         if left <= 0 or not self.conn.poll(left):
@@ -129,13 +171,17 @@ class Channel:
             except BaseException:
                 if not abandoned:  # interrupted (cancel): withdraw, then re-raise
                     self.send(("abandon", req_id))
-                    while True:
+                    while not self._take_reply(req_id):
                         self._recv_one()
-                        msg = self.pending[-1]
-                        if msg[0] == "reply" and msg[1] == req_id:
-                            self.pending.pop()
-                            break
                 raise
+
+    def _take_reply(self, req_id: int) -> bool:
+        """Drop the reply to ``req_id`` from the received messages, if it is there."""
+        for i, msg in enumerate(self.pending):
+            if msg[0] == "reply" and msg[1] == req_id:
+                del self.pending[i]
+                return True
+        return False
 
 
 class _Output:
@@ -243,13 +289,15 @@ def _resolve(args_blob: Any, deps: dict[int, Any]) -> tuple[list[Any], dict[str,
     return args, kwargs
 
 
-def _run(chan: Channel, state: _State, tid: int, name: str, call: Any) -> None:
-    """Run ``call()`` as task ``tid`` and post its result, error or cancellation."""
+def _run(chan: Channel, state: _State, tid: int, name: str, call: Any,
+         sent_ahead: bool = True) -> None:
+    """Run ``call()`` as task ``tid`` and post its result, error or cancellation
+    (``sent_ahead=False``: it was not sent ahead, so no ``skip`` applies to it)."""
     state.task_id = tid
     try:
         state.running = True  # from here on a SIGINT interrupts this task
         try:
-            _check_cancelled(chan, tid)
+            _check_cancelled(chan, tid, sent_ahead)
             result = call()
         finally:
             state.running = False
@@ -287,13 +335,13 @@ def chan_state(chan: Channel) -> _State:
     return chan.state
 
 
-def _check_cancelled(chan: Channel, tid: int) -> None:
+def _check_cancelled(chan: Channel, tid: int, sent_ahead: bool = True) -> None:
     """Raise KeyboardInterrupt when a cancel for ``tid`` is already queued (``_Skip``
-    when the driver took the task back)."""
+    when the driver took back the copy it had sent ahead)."""
     while chan.conn.poll(0):
         chan._recv_one()
     for msg in chan.pending:
-        if msg[0] == "skip" and msg[1] == tid:
+        if msg[0] == "skip" and msg[1] == tid and sent_ahead:
             raise _Skip
         if msg[0] == "cancel" and msg[1] == tid:
             raise KeyboardInterrupt("task cancelled before it started")
@@ -318,12 +366,16 @@ def _call(target: Any, args_blob: Any, deps: Any) -> Any:
 
 def _handle(chan: Channel, state: _State, msg: Any) -> bool:
     kind = msg[0]
-    if kind == "run":
+    if kind == "run" or kind == "inline":
         _, tid, fn_id, fn_bytes, args_blob, deps, name = msg
         fn = state.fns.get(fn_id)
         if fn is None:
+            if fn_bytes is None:  # it came with a task sent ahead that waits behind us
+                fn_bytes = next(m[3] for m in chan.pending
+                                if m[0] in ("run", "inline") and m[2] == fn_id and m[3])
             fn = state.fns[fn_id] = cloudpickle.loads(fn_bytes)
-        _run(chan, state, tid, name, functools.partial(_call, fn, args_blob, deps))
+        _run(chan, state, tid, name, functools.partial(_call, fn, args_blob, deps),
+             sent_ahead=kind == "run")
     elif kind == "call":
         _, tid, method, args_blob, deps, name = msg
         if state.actor is None:
@@ -356,6 +408,23 @@ def _handle(chan: Channel, state: _State, msg: Any) -> bool:
     return True
 
 
+def _inline(chan: Channel, state: _State, index: int) -> None:
+    """Run the task the driver sent into a blocked ``get``/``wait`` (at its worker cap;
+    ``chan.pending[index]``), then go back to the task that waits; a cancel of that one,
+    meanwhile, is raised once it waits again (never while the message is in hand)."""
+    outer = state.task_id, state.running
+    state.running = False  # from here a SIGINT is for the inner task only
+    msg = chan.pending[index]
+    del chan.pending[index]
+    try:
+        _handle(chan, state, msg)
+    finally:
+        state.task_id, state.running = outer
+    _drain_cancels(state)
+    if state.running and state.task_id in state.cancel_ids:
+        raise KeyboardInterrupt("task cancelled")
+
+
 def main(fd: int, cancel_fd: int = -1) -> None:
     """Worker entry point: serve the driver on connection ``fd`` until it closes;
     ``cancel_fd`` is the read end of the pipe naming tasks to interrupt."""
@@ -363,11 +432,14 @@ def main(fd: int, cancel_fd: int = -1) -> None:
     chan = Channel(conn)
     state = _State()
     chan.state = state
+    chan.on_inline = functools.partial(_inline, chan, state)
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))  # tasks inside waits nest
     if cancel_fd >= 0:
         os.set_blocking(cancel_fd, False)
         state.cancel_fd = cancel_fd
     init = loads(conn.recv_bytes())
-    _, state.owner, path, cwd, state.node, t0, ppid = init
+    _, state.owner, path, cwd, state.node, t0, ppid, settings = init
+    store.use(settings)
     sys.path[:] = path
     try:
         os.chdir(cwd)
@@ -375,10 +447,16 @@ def main(fd: int, cancel_fd: int = -1) -> None:
         pass
     signal.signal(signal.SIGINT, _on_sigint(state))
     threading.Thread(target=_watch_parent, args=(ppid,), daemon=True).start()
-    from runtime import api
+    from runtime import refs as _refs
+    from runtime import session
     from runtime.backends.local.client import ClientBackend
 
-    api._set_backend(ClientBackend(chan, state, t0))
+    def on_ref_pickled(oid: int) -> None:  # inside a result/put/call: its blob says so
+        if not store.ref_pickled(oid):
+            chan.ref_escaped.append(oid)
+
+    _refs._pickle_hook = on_ref_pickled
+    session.set_backend(ClientBackend(chan, state, t0))
     sys.stdout = _Output(chan, "stdout", state)  # type: ignore[assignment]
     sys.stderr = _Output(chan, "stderr", state)  # type: ignore[assignment]
     chan.start_flusher()

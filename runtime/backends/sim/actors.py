@@ -9,27 +9,22 @@ sim's "actor death", honouring ``max_restarts`` and ``max_task_retries``.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from runtime.backends.base import ActorSpec
-from runtime.backends.sim.core import Actor, Obj, Task
+from runtime.backends.sim.core import OVER, Actor, Obj, Task
+from runtime.cluster import TaskInfo
 from runtime.errors import ActorDiedError
 from runtime.events import EventKind as E
-from runtime.policies.base import TaskInfo
 from runtime.refs import ObjectRef
 from runtime.resources import Resources
-
-if TYPE_CHECKING:  # pragma: no cover
-    from runtime.backends.sim.backend import SimBackend as _Base
-else:
-    _Base = object
 
 __all__ = ["ActorsMixin"]
 
 _NO_RESOURCES = Resources()
 
 
-class ActorsMixin(_Base):
+class ActorsMixin:
     """Actor creation, calls, kills and restarts (mixed into :class:`SimBackend`)."""
 
     _actors: dict[int, Actor]
@@ -62,8 +57,7 @@ class ActorsMixin(_Base):
         t.max_retries = 0
         actor.init_task = t
         self._tasks[tid] = t
-        self._emit(E.TASK_SUBMITTED, tid, name=t.name, resources=info.request.to_dict())
-        self._watch_deps(t, self._enqueue)
+        self._submit_to_plane(t, actor=actor.id)
 
     def call_actor(self, actor_id: int, method: str, args: tuple[Any, ...],
                    kwargs: dict[str, Any]) -> ObjectRef:
@@ -95,7 +89,7 @@ class ActorsMixin(_Base):
         return ref
 
     def _call_ready(self, t: Task) -> None:
-        t.state = "queued"
+        t.state, t.stage = "pending", "queued"
         self._kick_actor(t.actor)
 
     def _kick_actor(self, actor: Actor | None) -> None:
@@ -109,10 +103,10 @@ class ActorsMixin(_Base):
         q = actor.queue
         while q:
             t = q[0]
-            if t.state == "done":
+            if t.state in OVER:
                 q.popleft()
                 continue
-            if t.state != "queued":
+            if t.stage != "queued":
                 return  # head-of-line: its arguments are not ready yet
             q.popleft()
             actor.busy = True
@@ -143,8 +137,6 @@ class ActorsMixin(_Base):
         if actor is None or actor.init_task is not t:
             return
         actor.init_task = None
-        self.index.release(t.id)
-        self._kick()
         cause = getattr(err, "cause", None) or err
         self._actor_dead(actor, f"its constructor raised {type(cause).__name__}: {cause}")
 
@@ -168,30 +160,26 @@ class ActorsMixin(_Base):
     def _actor_lost(self, actor: Actor, reason: str, restart: bool) -> None:
         cur, actor.current = actor.current, None
         actor.busy = False
-        if cur is not None and cur.state != "done":
+        if cur is not None and cur.state not in OVER:
             self._abort(cur)
             if restart and actor.task_retries_left != 0:
                 if actor.task_retries_left > 0:
                     actor.task_retries_left -= 1
-                cur.state = "queued"
+                cur.state, cur.stage = "pending", "queued"
                 actor.queue.appendleft(cur)
                 self._emit(E.TASK_RETRIED, cur.id, cur.node, attempt=cur.attempt, reason=reason)
             else:
                 self._fail(cur, ActorDiedError(actor.name, reason), reason)
         init, actor.init_task = actor.init_task, None
-        if init is not None and init.state != "done":
-            if init.state == "pending":
-                self._dequeue(init)
-            elif init.state in ("running", "blocked", "unblocking"):
+        if init is not None and init.state not in OVER:
+            if init.state in ("running", "blocked"):
                 self._abort(init)
-            self.index.release(init.id)
-            init.state = "done"
+            init.state = "cancelled"
             self._tasks.pop(init.id, None)
-            self._emit(E.TASK_CANCELLED, init.id, init.node)
+            self.plane.end(init.id, E.TASK_CANCELLED, init.node)
         if actor.alloc_id is not None:
-            self.index.release(actor.alloc_id)
+            self.plane.release(actor.alloc_id, actor.node)
             actor.alloc_id = None
-        self._kick()
         actor.instance = None
         actor.node = None
         if restart:
@@ -208,7 +196,7 @@ class ActorsMixin(_Base):
         actor.reason = reason
         self._emit(E.ACTOR_DIED, actor=actor.id, reason=reason)
         for t in list(actor.queue):
-            if t.state != "done":
+            if t.state not in OVER:
                 self._fail(t, ActorDiedError(actor.name, reason), reason)
         actor.queue.clear()
 

@@ -3,8 +3,9 @@
 simpy owns the clock. Each task body runs in its own greenlet on the engine's
 thread (see :mod:`.core`); the driver (the notebook or script) steps the simpy
 loop only while it waits in ``get``/``wait``/``sleep``, so virtual time moves
-only then. Placement goes through the same policy objects as the other
-backends, checked with ``check_placement`` against a shared ``NodeIndex``.
+only then. Deciding is the control plane's (:class:`runtime.control.ControlPlane`,
+the same as on every backend and in the simulator's engine): this backend is its
+actuator (see :mod:`.cluster`).
 
 Who may mutate the state: only the engine thread. Greenlets are switched into
 only from engine callbacks run by the driver's greenlet, never from a body.
@@ -13,7 +14,6 @@ only from engine callbacks run by the driver's greenlet, never from a body.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import itertools
 import math
@@ -24,27 +24,23 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import simpy
-
-from runtime.autoscaling import get_autoscaler
-from runtime.autoscaling.base import NoAutoscaling, NodeType
 from runtime.backends.base import Backend, TaskSpec
 from runtime.backends.sim import core
 from runtime.backends.sim.actors import ActorsMixin
 from runtime.backends.sim.bodies import BodiesMixin
 from runtime.backends.sim.cluster import ClusterMixin
-from runtime.backends.sim.core import Obj, Task, TaskGreenlet
-from runtime.cluster_spec import NodeGroup, node_types_by_name, parse_nodes
+from runtime.backends.sim.core import OVER, Obj, Task, TaskGreenlet
+from runtime.cluster import NodeInfo, NodeType, TaskInfo, node_types_by_name, parse_nodes
+from runtime.cluster.nodetypes import with_changes
+from runtime.control import ControlPlane
 from runtime.errors import (
     GetTimeoutError,
+    InfeasibleRequestError,
     RuntimeShutdownError,
     SimDeadlock,
     TaskCancelledError,
 )
 from runtime.events import Event, EventKind
-from runtime.policies import get_policy
-from runtime.policies.base import NodeInfo, TaskInfo, check_feasible
-from runtime.policies.state import NodeIndex
 from runtime.refs import ObjectRef
 from runtime.serialization import check_call_args, check_picklable
 
@@ -58,6 +54,7 @@ DEFAULT_CPUS = 4
 TRACE_KEEP = 1_000_000
 
 _INF = float("inf")
+_ROUND = EventKind.DECISION_ROUND  # published to subscribers, left out of the trace
 E = EventKind
 
 
@@ -111,23 +108,26 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
         self.seed = seed
         self.lending = lending
         self.check_pickle = check_pickle
-        self.env = simpy.Environment()
-        self.index = NodeIndex(_check_speeds(speeds), clock=lambda: self.env.now)
-        self.policy = get_policy(policy)
-        self.autoscaler = None if autoscaler is None else get_autoscaler(autoscaler)
-        if isinstance(self.autoscaler, NoAutoscaling):
-            self.autoscaler = None
+        from simulator.core import Core
+
+        self.env = Core()
         self.autoscale_interval = float(autoscale_interval)
         groups = parse_nodes(nodes, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                              default_cpus=DEFAULT_CPUS)
         groups = _keep_initial_nodes(nodes, groups)
         self.node_types: dict[str, NodeType] = node_types_by_name(groups, list(node_types))
+        #: the control plane: index, queue, decision rounds, scale planner
+        self.plane = ControlPlane(
+            "fifo" if policy is None else policy, autoscaler, actuator=self,
+            node_types=self.node_types.values(), speeds=_check_speeds(speeds),
+            emit=self._emit, clock=lambda: self.env._now, window=256, wake=self._kick)
+        self.index = self.plane.index
+        self.policy = self.plane.policy
+        self.autoscaler = self.plane.autoscaler
         self._trace: deque[tuple[Any, ...]] | None = deque(maxlen=keep) if keep else None
         self._trace_hash = hashlib.sha256()
         self._objects: dict[int, Obj] = {}
         self._tasks: dict[int, Task] = {}  # live tasks (not done), by id
-        self._groups: dict[tuple[Any, ...], deque[Task]] = {}  # pending, by demand shape
-        self._reacq: deque[Task] = deque()  # unblocked tasks waiting to take their CPU back
         self._actors: dict[int, Any] = {}
         self._pass_scheduled = False
         self._stepping = False
@@ -135,8 +135,6 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
         self._broken: BaseException | None = None
         self._thread_id = threading.get_ident()
         self._node_seq: dict[str, itertools.count[int]] = {}
-        self._nodes_version = 0
-        self._feasible_cache: dict[tuple[Any, ...], int] = {}
         self._booting = 0
         self._scale_tick = False
         self._horizon: float | None = None  # the deadline the driver waits for, if any
@@ -144,7 +142,7 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
         self._watch_left = 0
         for g in groups:
             for _ in range(g.count):
-                self._add_node(g.node_type, "up")
+                self._add_node(g, "up")
         self._watchdog = core.Watchdog(float(watchdog)) if watchdog is not None else None
         self._patched = patch_sleep
         if patch_sleep:
@@ -154,7 +152,7 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
     def _emit(self, kind: str, task: int | None = None, node: str | None = None,
               **data: Any) -> None:
         t = self.env.now
-        if self._trace is not None:
+        if self._trace is not None and kind != _ROUND:  # a round is no state change
             entry = (round(t, 9), kind, task, node, tuple(sorted(data.items())))
             self._trace.append(entry)
             self._trace_hash.update(repr(entry).encode() + b"\n")
@@ -223,12 +221,9 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
             check_call_args(name, args, kwargs)
 
     def _check_feasible(self, info: TaskInfo) -> None:
-        key = (info.request, info.accelerator_type)
-        if self._feasible_cache.get(key) == self._nodes_version:
-            return
-        shapes = [nt.shape() for nt in self.node_types.values()] if self.autoscaler else []
-        check_feasible(info, self.index.shapes(), shapes)
-        self._feasible_cache[key] = self._nodes_version
+        why = self.plane.infeasible(info)
+        if why is not None:
+            raise InfeasibleRequestError(why)
 
     def submit(self, spec: TaskSpec) -> ObjectRef:
         """Queue a task (zero virtual time); returns its ref."""
@@ -248,9 +243,18 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
         self._tasks[tid] = t
         if parent is not None:
             parent.children.append(t)
-        self._emit(E.TASK_SUBMITTED, tid, name=spec.name, resources=info.request.to_dict())
-        self._watch_deps(t, self._enqueue)
+        self._submit_to_plane(t)
         return ref
+
+    def _submit_to_plane(self, t: Task, **data: Any) -> None:
+        """Hand a task to the plane; it queues once its ref arguments are done."""
+        free = not any(isinstance(a, ObjectRef) for a in itertools.chain(t.args,
+                                                                          t.kwargs.values()))
+        if free:
+            t.stage = "queued"
+        self.plane.submit(t.info, ready=free, preemptible=t.init_of is None, **data)
+        if not free:
+            self._watch_deps(t, self._enqueue)
 
     def _watch_deps(self, t: Task, ready: Callable[[Task], None]) -> None:
         """Call ``ready(t)`` once every top-level ref argument is done (fail t on errors)."""
@@ -271,7 +275,7 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
         token = t.token
 
         def on_dep(o: Obj) -> None:
-            if t.state != "waiting" or t.token != token:
+            if t.stage != "inputs" or t.token != token:
                 return
             if o.error is not None:
                 self._fail(t, o.error, "dependency failed")
@@ -293,14 +297,9 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
         return obj
 
     def _enqueue(self, t: Task) -> None:
-        t.state = "pending"
-        i = t.info
-        key = (i.request, i.accelerator_type, i.tenant, i.priority, i.task_kind)
-        dq = self._groups.get(key)
-        if dq is None:
-            dq = self._groups[key] = deque()
-        dq.append(t)
-        self._kick()
+        """Its ref arguments are done: it joins the plane's queue."""
+        t.state, t.stage = "pending", "queued"
+        self.plane.ready(t.id)
 
     def put(self, value: Any) -> ObjectRef:
         """Store a value (shared in-process, not copied); returns its ref."""
@@ -339,16 +338,45 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
             self._watch = None
 
     def _run_engine(self, cond: Callable[[], bool], deadline: float | None) -> bool:
+        import _thread
+        import signal
+
         env = self.env
         wd = self._watchdog
+        # Ctrl-C / a kernel interrupt lands between two engine steps, where the state is
+        # consistent, so the simulation stays usable (the caller may cancel its task).
+        # A step that does not end within a second (a body busy for real) is interrupted
+        # where it is, which aborts the simulation as before.
+        sigints: list[float] = []
+        clean = KeyboardInterrupt("interrupted between two simulation steps")
+        timer: list[threading.Timer] = []
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            if sigints and time.monotonic() - sigints[0] >= 0.9:
+                raise KeyboardInterrupt
+            if not sigints:
+                sigints.append(time.monotonic())
+                t = threading.Timer(1.0, _thread.interrupt_main)
+                t.daemon = True
+                timer.append(t)
+                t.start()
+
+        prev_handler: Any = None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            prev_handler = signal.signal(signal.SIGINT, on_sigint)
         self._stepping = True
         self._horizon = deadline
         try:
             while not cond():
+                if sigints:
+                    raise clean
                 nxt = env.peek()
                 if deadline is not None and nxt > deadline:
                     if deadline > env.now:
                         env.run(until=deadline)
+                    if sigints:
+                        raise clean
                     return False
                 if nxt == _INF:
                     raise SimDeadlock(self._deadlock_message())
@@ -362,6 +390,8 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
                     finally:
                         wd.in_step = False
                         wd.step_started = None
+            if sigints:
+                raise clean
             return True
         except Exception:
             raise
@@ -369,9 +399,14 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
             self._broken = alarm
             raise SimDeadlock(self._watchdog_message(alarm)) from None
         except BaseException as exc:  # KeyboardInterrupt, SystemExit: the sim is broken
-            self._broken = exc
+            if exc is not clean:  # ...unless it landed between two steps
+                self._broken = exc
             raise
         finally:
+            for t in timer:
+                t.cancel()
+            if prev_handler is not None:
+                signal.signal(signal.SIGINT, prev_handler)
             self._stepping = False
             self._horizon = None
 
@@ -380,7 +415,7 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
         t = alarm.task
         who = f"task {t.name!r} (id {t.id})" if t is not None else "the engine"
         blocked = {x.id: x.name for x in sorted(self._tasks.values(), key=lambda x: x.id)
-                   if x.state in ("blocked", "unblocking")}
+                   if x.state == "blocked"}
         return (f"watchdog: {who} held the engine thread for more than "
                 f"{self._watchdog.seconds:g} s of real time at t={self.env.now:g}, so the "
                 f"simulation was aborted (call runtime.shutdown() and init() again). A body "
@@ -389,9 +424,9 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
 
     def _deadlock_message(self) -> str:
         live = sorted(self._tasks.values(), key=lambda t: t.id)
-        blocked = {t.id: t.name for t in live if t.state in ("blocked", "unblocking")}
-        pending = {t.id: t.name for t in live if t.state == "pending"}
-        waiting = {t.id: t.name for t in live if t.state == "waiting"}
+        blocked = {t.id: t.name for t in live if t.state == "blocked"}
+        pending = {t.id: t.name for t in live if t.state == "pending" and t.stage != "inputs"}
+        waiting = {t.id: t.name for t in live if t.state == "pending" and t.stage == "inputs"}
         msg = f"no events left at t={self.env.now:g} while the driver waits; blocked tasks: {blocked}"
         if pending:
             msg += f"; pending tasks that cannot be placed: {pending}"
@@ -528,18 +563,16 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
         return True
 
     def _cancel_task(self, t: Task, recursive: bool) -> None:
-        if t.state == "done":
+        if t.state in OVER:
             return
-        if t.state == "pending":
-            self._dequeue(t)
-        elif t.state in ("running", "blocked", "unblocking"):
+        if t.state in ("running", "blocked"):
             self._abort(t)
         if t.actor is not None:
             self._forget_call(t)
-        t.state = "done"
+        t.state = "cancelled"
         t.token += 1
         self._tasks.pop(t.id, None)
-        self._emit(E.TASK_CANCELLED, t.id, t.node)
+        self.plane.end(t.id, E.TASK_CANCELLED, t.node)
         self._complete(t.obj, None, TaskCancelledError(t.name, t.id))
         if recursive:
             for c in t.children:
@@ -552,7 +585,7 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
 
     def describe(self) -> dict[str, Any]:
         """Backend, policy, virtual time, seed."""
-        return {"backend": "sim", "policy": getattr(self.policy, "name", type(self.policy).__name__),
+        return {"backend": "sim", "policy": self.plane.policy_name,
                 "autoscaler": getattr(self.autoscaler, "name", None),
                 "time": f"{self.env.now:g}s (virtual)", "seed": self.seed}
 
@@ -574,12 +607,10 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
             err = RuntimeShutdownError("the sim cluster was shut down before this object was "
                                        "ready")
             for t in sorted(self._tasks.values(), key=lambda t: t.id):
-                t.state = "done"
+                t.state = "cancelled"
                 if not t.obj.done:
                     self._complete(t.obj, None, err)
             self._tasks.clear()
-            self._groups.clear()
-            self._reacq.clear()
             self._shutdown_actors()
         finally:
             if self._watchdog is not None:
@@ -588,17 +619,16 @@ class SimBackend(BodiesMixin, ClusterMixin, ActorsMixin, Backend):
                 core.uninstall_sleep(self)
 
 
-def _keep_initial_nodes(nodes: Any, groups: list[NodeGroup]) -> list[NodeGroup]:
+def _keep_initial_nodes(nodes: Any, types: list[NodeType]) -> list[NodeType]:
     """Node types listed in ``nodes=`` as dicts without ``min_count`` keep their ``count``
     as the minimum, so an autoscaler never removes the cluster the user described."""
     if not nodes:
-        return groups
+        return types
     out = []
-    for item, g in zip(nodes, groups, strict=True):
-        nt = g.node_type
-        if isinstance(item, Mapping) and "min_count" not in item and nt.min_count < g.count:
-            nt = dataclasses.replace(nt, min_count=min(g.count, nt.max_count))
-        out.append(NodeGroup(nt, g.count))
+    for item, nt in zip(nodes, types, strict=True):
+        if isinstance(item, Mapping) and "min_count" not in item and nt.min_count < nt.count:
+            nt = with_changes(nt, min_count=min(nt.count, nt.max_count))
+        out.append(nt)
     return out
 
 

@@ -15,7 +15,7 @@ import pickle
 import random
 import sys
 import traceback
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from greenlet import GreenletExit
 
@@ -26,21 +26,16 @@ from runtime.events import EventKind as E
 from runtime.refs import ObjectRef
 from runtime.serialization import check_picklable
 
-if TYPE_CHECKING:  # pragma: no cover
-    from runtime.backends.sim.backend import SimBackend as _Base
-else:
-    _Base = object
-
 __all__ = ["BodiesMixin"]
 
 
-class BodiesMixin(_Base):
+class BodiesMixin:
     """Starting, suspending, resuming and ending task bodies (mixed into SimBackend)."""
 
     # ------------------------------------------------------------------ running bodies
     def _start(self, t: Task) -> None:
         t.attempt += 1
-        t.state = "running"
+        t.state, t.stage = "running", ""
         self._emit(E.TASK_STARTED, t.id, t.node, attempt=t.attempt, name=t.name)
         g = TaskGreenlet(self._run_body)
         g.task = t
@@ -100,7 +95,7 @@ class BodiesMixin(_Base):
                     or d < 0 or math.isinf(d):
                 raise ValueError(f"sim_duration of task {t.name!r} returned {d!r}: expected a "
                                  f"finite number of seconds >= 0")
-        if t.node is not None and t.actor is None and d:
+        if t.node is not None and t.actor is None and d and t.node in self.index:
             speed = self.index.speed(t.info, self.index.node(t.node))
             if not speed > 0:
                 raise ValueError(f"task kind {t.info.task_kind!r} has speed {speed!r} on node "
@@ -111,10 +106,10 @@ class BodiesMixin(_Base):
     def _end_ok(self, t: Task, attempt: int, value: Any) -> None:
         if t.attempt != attempt or t.state != "running":
             return
-        self._release(t)
-        t.state = "done"
+        t.state = "finished"
         self._tasks.pop(t.id, None)
-        self._emit(E.TASK_FINISHED, t.id, t.node)
+        # an actor's constructor keeps the actor's resources after its task is over
+        self.plane.end(t.id, E.TASK_FINISHED, t.node, keep=t.init_of is not None)
         self._complete(t.obj, value, None)
         self._after_end(t, True, value)
 
@@ -122,31 +117,28 @@ class BodiesMixin(_Base):
                     retry: bool) -> None:
         if t.attempt != attempt or t.state != "running":
             return
-        self._release(t)
         if retry:
-            self._emit(E.TASK_RETRIED, t.id, t.node, attempt=t.attempt,
-                       reason=f"raised {type(exc).__name__}")
-            self._enqueue(t)
+            self._requeue(t, E.TASK_RETRIED, node=t.node, attempt=t.attempt,
+                          reason=f"raised {type(exc).__name__}")
             return
         self._fail(t, err, f"raised {type(exc).__name__}")
         self._after_end(t, False, err)
 
     def _release(self, t: Task) -> None:
         """Give back what the task holds (less what it lent while blocked)."""
-        if t.holds and t.actor is None and t.init_of is None and t.node is not None:
-            if t.lent:
-                self.index.release(t.id, t.info.request - t.lent)
-                t.lent = None
-            else:
-                self.index.release(t.id)
-            self._kick()
+        t.lent = None
+        if t.holds and t.actor is None and t.init_of is None:
+            self.plane.stop(t.id)
 
-    def _fail(self, t: Task, err: BaseException, reason: str) -> None:
-        """Finish ``t`` with an error (its greenlet, if any, must already be gone)."""
-        t.state = "done"
+    def _fail(self, t: Task, err: BaseException, reason: str, *, publish: bool = True) -> None:
+        """Finish ``t`` with an error (its greenlet, if any, must already be gone); the
+        plane publishes ``task_failed`` (unless it already did: ``publish=False``)."""
+        t.state = "failed"
         t.token += 1
         self._tasks.pop(t.id, None)
-        self._emit(E.TASK_FAILED, t.id, t.node, error=type(err).__name__, reason=reason)
+        if publish:
+            self.plane.end(t.id, E.TASK_FAILED, t.node, error=type(err).__name__,
+                           reason=reason)
         self._complete(t.obj, None, err)
         if t.init_of is not None:
             self._init_failed(t, err)
@@ -168,11 +160,9 @@ class BodiesMixin(_Base):
     def _abort(self, t: Task) -> None:
         """Stop a running attempt: release its resources and unwind its greenlet."""
         t.token += 1
-        if t in self._reacq:
-            self._reacq.remove(t)
         self._release(t)
         g, t.glet = t.glet, None
-        t.state = "aborted"
+        t.state, t.stage = "pending", "stopped"
         if g is not None and not g.dead:
             if isinstance(core.getcurrent(), TaskGreenlet):
                 self.env.timeout(0).callbacks.append(lambda e: core.kill_greenlet(g))
@@ -194,9 +184,7 @@ class BodiesMixin(_Base):
     def _resume(self, t: Task, token: int, value: Any) -> None:
         if t.token != token or t.glet is None:
             return
-        if t.state in ("blocked", "unblocking"):
-            self._emit(E.TASK_UNBLOCKED, t.id, t.node)
-        t.state = "running"
+        t.state, t.stage = "running", ""
         t.glet.switch(value)
 
     def _block(self, t: Task, objs: list[Obj], k: int, timeout: float | None) -> bool:
@@ -210,11 +198,8 @@ class BodiesMixin(_Base):
             if t.token != token:
                 return
             t.wake = ok
-            if t.lent:
-                t.state = "unblocking"  # the next pass resumes it once its CPU is free
-                self._reacq.append(t)
-                self._kick()
-            else:
+            t.stage = "resuming"  # goes on once the plane gave its CPU back
+            if self.plane.want_back(t.id):
                 self.env.timeout(0).callbacks.append(lambda e: self._resume(t, token, ok))
 
         w = Waiter(k, ready)
@@ -228,12 +213,12 @@ class BodiesMixin(_Base):
 
             self.env.timeout(timeout).callbacks.append(on_timeout)
         cpu = t.info.request.get("CPU", 0.0)
+        t.state, t.stage = "blocked", ""
         if self.lending and t.holds and cpu and t.actor is None and t.init_of is None:
-            self.index.release(t.id, {"CPU": cpu}, keep_running=True)
             t.lent = {"CPU": cpu}
-            self._kick()
-        t.state = "blocked"
-        self._emit(E.TASK_BLOCKED, t.id, t.node)
+            self.plane.lend(t.id, t.lent)
+        else:
+            self.plane.lend(t.id, {})
         return bool(self._yield(t))
 
     def _task_wait_objs(self, t: Task, objs: list[Obj], k: int, timeout: float | None) -> bool:

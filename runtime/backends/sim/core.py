@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from greenlet import GreenletExit, getcurrent, greenlet
 
-from runtime.policies.base import TaskInfo
+from runtime.cluster import TaskInfo
 
 if TYPE_CHECKING:
     from runtime.backends.sim.backend import SimBackend
 
-__all__ = ["TaskGreenlet", "Obj", "Task", "Actor", "Waiter", "install_sleep", "uninstall_sleep",
+__all__ = ["TaskGreenlet", "Obj", "Task", "OVER", "Actor", "Waiter", "install_sleep", "uninstall_sleep",
            "real_sleep", "current_task", "kill_greenlet", "Watchdog", "WatchdogAlarm"]
 
 #: The real ``time.sleep``, captured at import (before any patching).
@@ -134,16 +134,22 @@ class Obj:
         self.task = task
 
 
+#: The states a task ends in (the event stream's words, ``runtime.events.TASK_STATES``).
+OVER = frozenset({"finished", "failed", "cancelled"})
+
+
 class Task:
     """One task or actor call: its spec, state, placement and greenlet.
 
-    States: ``waiting`` (for arguments), ``pending`` (queued for a node),
-    ``running``, ``blocked`` (in get/wait), ``unblocking`` (waiting to resume),
-    ``done``.
+    ``state`` is one of ``runtime.events.TASK_STATES`` (the event stream's words:
+    pending, running, blocked, finished, failed, cancelled); ``stage`` says more
+    where it matters: a pending task is ``"inputs"`` (waiting for its arguments) or
+    ``"queued"`` (for a node, or its actor's turn), a blocked one ``"resuming"`` once
+    its wait is over and it waits for its CPU back.
     """
 
     __slots__ = ("id", "name", "fn", "args", "kwargs", "options", "info", "obj", "state",
-                 "node", "attempt", "glet", "token", "lent", "deps_left", "children",
+                 "stage", "node", "attempt", "glet", "token", "lent", "deps_left", "children",
                  "actor", "method", "max_retries", "retry_exceptions", "duration", "init_of",
                  "holds", "wake", "ctx")
 
@@ -157,7 +163,8 @@ class Task:
         self.options = options
         self.info = info
         self.obj = obj
-        self.state = "waiting"
+        self.state = "pending"
+        self.stage = "inputs"
         self.node: str | None = None
         self.attempt = 0
         self.glet: TaskGreenlet | None = None

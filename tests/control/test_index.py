@@ -1,4 +1,4 @@
-"""NodeIndex: fit order, capacity accounting and bookkeeping, against a naive model."""
+"""The control plane's index: fit order, capacity accounting and bookkeeping, against a naive model."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import random
 
 import pytest
 
-from runtime.policies import NodeIndex
-from runtime.policies.state import score_of
+from runtime.cluster import score_of
+from runtime.control import ClusterIndex
 from runtime.resources import EPSILON, Resources
 
-from .helpers import cluster, task
+from ..policies.helpers import cluster, task
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def naive_fitting(idx: NodeIndex, t, order: str) -> list[str]:  # noqa: ANN001
+def naive_fitting(idx: ClusterIndex, t, order: str) -> list[str]:  # noqa: ANN001
     nodes = [n for n in idx.nodes() if n.state == "up" and t.request.fits(n.free)
              and (t.accelerator_type is None or n.accelerator_type == t.accelerator_type)]
     if order == "id":
@@ -46,7 +46,7 @@ def test_fitting_orders_small() -> None:
 @pytest.mark.parametrize("n_nodes", [60, 400])
 def test_randomised_against_naive_model(n_nodes: int) -> None:
     rng = random.Random(n_nodes)
-    idx = NodeIndex()
+    idx = ClusterIndex()
     shapes = [{"CPU": 4}, {"CPU": 8, "memory": 16.0}, {"CPU": 8, "GPU": 2}, {"CPU": 2, "QPU": 1}]
     for i in range(n_nodes):
         sh = dict(shapes[i % 4])
@@ -155,7 +155,7 @@ def test_bookkeeping_idle_counts_totals() -> None:
 def test_first_item_is_cheap_on_a_full_cluster() -> None:
     # 2000 full nodes and one free one: the first fitting node must come from the
     # index (bucket walk), so this would take seconds if it scanned nodes per call.
-    idx = NodeIndex()
+    idx = ClusterIndex()
     for i in range(2000):
         idx.add_node(f"n{i:05d}", "cpu", {"CPU": 2})
         if i != 1234:

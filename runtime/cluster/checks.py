@@ -1,161 +1,41 @@
-"""The scheduling contract: policies *decide*, backends *do*.
+"""Placement checks beside the vocabulary: can a node host a task, is a decision valid,
+can a request ever be met.
 
-A policy sees immutable :class:`TaskInfo` and :class:`NodeInfo` values and a
-read-only :class:`ClusterState` with index-backed queries; it returns
-:class:`Place` (and possibly :class:`Preempt`) decisions. The same policy object
-places tasks in the simulator and on the local and dask backends. Every backend
-checks each decision with :func:`check_placement` before acting on it.
+Every decision a policy returns is checked with :func:`check_placement` by the
+control plane before anything acts on it; :func:`check_feasible` is the
+submit-time check that turns a request no node (or addable node type) can meet
+into a clear error instead of a hang.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from collections.abc import Iterable, Mapping
 
+from runtime.cluster.state import ClusterState
+from runtime.cluster.types import ACCELERATOR_LABEL, NodeInfo, TaskInfo
 from runtime.errors import InfeasibleRequestError, PolicyError
 from runtime.resources import EPSILON, Resources, format_resources
 
-__all__ = [
-    "NodeState",
-    "FitOrder",
-    "free_score",
-    "TaskInfo",
-    "NodeInfo",
-    "Place",
-    "Preempt",
-    "Decision",
-    "ClusterState",
-    "SchedulingPolicy",
-    "check_placement",
-    "node_can_host",
-    "infeasible_message",
-    "check_feasible",
-    "ACCELERATOR_LABEL",
-]
-
-NodeState = Literal["booting", "up", "draining", "down"]
-FitOrder = Literal["id", "tightest", "loosest"]
-
-#: The node label that names its accelerator model (matched by ``accelerator_type``).
-ACCELERATOR_LABEL = "accelerator_type"
+__all__ = ["free_score", "score_of", "node_can_host", "check_placement", "policy_name",
+           "infeasible_message", "check_feasible"]
 
 
-@dataclass(frozen=True, slots=True)
-class TaskInfo:
-    """What a policy may know about a pending task."""
-
-    id: int
-    name: str
-    request: Resources
-    kind: str = ""  # keys the throughput matrix; defaults to the name
-    accelerator_type: str | None = None
-    tenant: str = "default"
-    priority: int = 0
-    submitted_at: float = 0.0
-    duration_hint: float | None = None  # expected run time, when known (backfill uses it)
-
-    @property
-    def task_kind(self) -> str:
-        """The key into speed tables: ``kind`` or, when empty, ``name``."""
-        return self.kind or self.name
-
-
-@dataclass(frozen=True, slots=True)
-class NodeInfo:
-    """What a policy may know about one node."""
-
-    id: str
-    node_type: str
-    total: Resources
-    free: Resources
-    labels: Mapping[str, str] = field(default_factory=dict)
-    state: NodeState = "up"
-    cost_per_hour: float = 0.0
-
-    @property
-    def accelerator_type(self) -> str | None:
-        """The node's accelerator model label, if any."""
-        return self.labels.get(ACCELERATOR_LABEL)
-
-
-@dataclass(frozen=True, slots=True)
-class Place:
-    """Decision: start ``task`` on ``node``."""
-
-    task: int
-    node: str
-
-
-@dataclass(frozen=True, slots=True)
-class Preempt:
-    """Decision: stop running ``task`` (it goes back to pending, or is retried)."""
-
-    task: int
-    reason: str = "preempted"
-
-
-Decision = Place | Preempt
-
-
-@runtime_checkable
-class ClusterState(Protocol):
-    """A read-only view of the cluster; the backend keeps the indexes behind it."""
-
-    @property
-    def now(self) -> float:
-        """Current time (virtual in the simulator, seconds since init elsewhere)."""
-        ...
-
-    def node(self, node_id: str) -> NodeInfo:
-        """The node with this id (``KeyError`` when unknown)."""
-        ...
-
-    def nodes(self) -> Iterable[NodeInfo]:
-        """Every node, in id order."""
-        ...
-
-    def fitting(self, task: TaskInfo, order: FitOrder = "id") -> Iterable[NodeInfo]:
-        """Only the up nodes where ``task`` fits now (resources and accelerator), lazily.
-
-        ``order``: ``"id"`` (node id), ``"tightest"`` (least free first: best fit),
-        ``"loosest"`` (most free first: spread). The free *score* of a node is the
-        sum over its resources of free/total; ties are broken by node id. Taking the
-        first item must be cheap (an index, not a scan of every node).
-        """
-        ...
-
-    def speed(self, task: TaskInfo, node: NodeInfo) -> float:
-        """Relative speed of ``task``'s kind on ``node``'s device model (1.0 when unknown)."""
-        ...
-
-    def running(self) -> Iterable[TaskInfo]:
-        """Tasks currently holding resources (for preemption and fairness)."""
-        ...
-
-    def placement_of(self, task_id: int) -> str | None:
-        """The node a running task holds resources on (None when not running)."""
-        ...
-
-
-class SchedulingPolicy(Protocol):
-    """Decides placements; deterministic for a given input, ties broken by ids.
-
-    Optional attributes a backend may use: ``greedy_by_shape`` (placement depends
-    only on a task's shape and its order) and ``lookahead_safe`` (``schedule`` has
-    no side effects, so it may be asked about a hypothetical cluster state).
-    """
-
-    name: str
-
-    def schedule(self, pending: Sequence[TaskInfo], cluster: ClusterState) -> Iterable[Decision]:
-        """Return placements for some of ``pending`` (others stay pending)."""
-        ...
+def policy_name(policy: object) -> str:
+    """The name a policy or autoscaler goes by in messages: its ``name``, else its class."""
+    if isinstance(policy, str):
+        return policy
+    return str(getattr(policy, "name", None) or type(policy).__name__)
 
 
 def free_score(node: NodeInfo) -> float:
     """Sum over the node's resources of free/total (0 = full, n = empty): the fit order key."""
     return sum(node.free.get(k, 0.0) / v for k, v in node.total.items() if v > 0)
+
+
+def score_of(free: Mapping[str, float], total: Mapping[str, float]) -> float:
+    """The free score the index orders nodes by: :func:`free_score` rounded to 9 digits, so
+    equal states tie exactly."""
+    return round(sum(free.get(k, 0.0) / v for k, v in total.items() if v > 0), 9)
 
 
 def node_can_host(task: TaskInfo, node: NodeInfo, *, free: bool = True) -> bool:
@@ -169,7 +49,7 @@ def node_can_host(task: TaskInfo, node: NodeInfo, *, free: bool = True) -> bool:
 
 def check_placement(policy: object, task: TaskInfo, node_id: str, cluster: ClusterState) -> NodeInfo:
     """Validate one ``Place`` decision; raise :class:`PolicyError` naming policy and task."""
-    pname = getattr(policy, "name", type(policy).__name__)
+    pname = policy_name(policy)
     try:
         node = cluster.node(node_id)
     except KeyError:

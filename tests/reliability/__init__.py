@@ -1,0 +1,1 @@
+"""Faults and small machines: issue 11's scenarios (RELIABILITY 23-25 and more)."""
